@@ -1,0 +1,25 @@
+//! keygate's domain, with no IO of its own.
+//!
+//! Everything that decides something lives here: key identifiers and roles, key creation and the
+//! once-only private-key download (as operations over the [`store`] traits), token verification
+//! (a pure function of token bytes, key set and time), scope and policy matching, and the
+//! authorization proofs that gate every management write. The HTTP layer (`keygate-server`) only
+//! adapts requests to these calls; the SQL layer (`keygate-store`) only implements [`store`].
+
+pub mod audit;
+pub mod authz;
+pub mod clock;
+pub mod crypto;
+pub mod error;
+pub mod ids;
+pub mod key;
+pub mod keyset;
+pub mod policy;
+pub mod role;
+pub mod scope;
+pub mod service;
+pub mod store;
+pub mod time_fmt;
+pub mod token;
+
+pub use error::{AuthFailure, AuthReason, Error, ForbiddenReason, Result};

@@ -1,0 +1,213 @@
+//! The policy: which requests on the protected API each role may make (`allow`), and which
+//! read-only paths may be scoped by long-lived tokens (`long_lived`).
+//!
+//! Patterns are `"METHOD /path"`, where the method may be `*`, a `*` segment matches exactly one
+//! path segment and `**` any number of them (including none).
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::role::{Role, RoleSet};
+use crate::scope::{RequestTarget, ScopeEntry, percent_decode};
+
+/// One `allow` / `long_lived` pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    method: Option<String>,
+    segments: Vec<Segment>,
+    source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    One,
+    Any,
+}
+
+impl RoutePattern {
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::body(format!("route pattern {s:?}: {why}"));
+        let (method, path) = s.split_once(' ').ok_or_else(|| bad("expected \"METHOD /path\""))?;
+        let method = match method {
+            "*" => None,
+            m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => Some(m.to_owned()),
+            _ => return Err(bad("the method must be upper case, or *")),
+        };
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+            return Err(bad("the path must start with / and hold no query"));
+        }
+        let segments = path
+            .split('/')
+            .skip(1)
+            .map(|seg| match seg {
+                "*" => Segment::One,
+                "**" => Segment::Any,
+                lit => Segment::Literal(lit.to_owned()),
+            })
+            .collect();
+        Ok(Self {
+            method,
+            segments,
+            source: s.to_owned(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        if self.method.as_deref().is_some_and(|m| m != method) {
+            return false;
+        }
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let decoded = percent_decode(rest);
+        let segs: Vec<&str> = decoded.split('/').collect();
+        // A dot segment could mean another resource to the upstream than it does here.
+        if segs.iter().any(|s| *s == "." || *s == "..") {
+            return false;
+        }
+        match_segments(&self.segments, &segs)
+    }
+}
+
+fn match_segments(pattern: &[Segment], path: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => path.is_empty(),
+        Some((Segment::Any, rest)) => (0..=path.len()).any(|i| path.get(i..).is_some_and(|p| match_segments(rest, p))),
+        Some((seg, rest)) => match path.split_first() {
+            Some((first, tail)) => {
+                let ok = match seg {
+                    Segment::One => !first.is_empty(),
+                    Segment::Literal(l) => l == first,
+                    Segment::Any => false,
+                };
+                ok && match_segments(rest, tail)
+            }
+            None => false,
+        },
+    }
+}
+
+/// What the policy says about one role.
+#[derive(Debug, Clone, Default)]
+pub struct RolePolicy {
+    pub allow: Vec<RoutePattern>,
+    pub long_lived: Vec<RoutePattern>,
+    pub rate_limit_per_hour: Option<u32>,
+}
+
+/// The whole policy. [`Policy::open`] is the behaviour with no policy file: any valid key may
+/// call everything, and no path is long-lived.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    roles: BTreeMap<Role, RolePolicy>,
+    enforced: bool,
+}
+
+impl Policy {
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    pub fn new(roles: BTreeMap<Role, RolePolicy>) -> Self {
+        Self { roles, enforced: true }
+    }
+
+    pub fn roles(&self) -> impl Iterator<Item = (&Role, &RolePolicy)> {
+        self.roles.iter()
+    }
+
+    pub fn is_enforced(&self) -> bool {
+        self.enforced
+    }
+
+    /// Whether a holder of `roles` may make this request on the protected API.
+    pub fn allows(&self, roles: &RoleSet, target: &RequestTarget<'_>) -> bool {
+        if !self.enforced || roles.is_admin() {
+            return true;
+        }
+        roles.iter().filter_map(|r| self.roles.get(r)).any(|rp| {
+            rp.allow.iter().any(|p| p.matches(target.method, target.path))
+        })
+    }
+
+    /// Whether a token scoped to exactly `scope` may be long-lived for a holder of `roles`:
+    /// every entry a `GET` on a path one of those roles marks `long_lived`.
+    pub fn long_lived_scope(&self, roles: &RoleSet, scope: &[ScopeEntry]) -> bool {
+        !scope.is_empty()
+            && scope.iter().all(|entry| {
+                entry.method() == "GET"
+                    && roles.iter().filter_map(|r| self.roles.get(r)).any(|rp| {
+                        rp.long_lived.iter().any(|p| p.matches("GET", entry.path()))
+                    })
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::role::RoleCatalog;
+
+    fn pat(s: &str) -> RoutePattern {
+        RoutePattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn pattern_table() {
+        let cases = [
+            ("GET /v1/apps/**", "GET", "/v1/apps", true),
+            ("GET /v1/apps/**", "GET", "/v1/apps/1/builds", true),
+            ("GET /v1/apps/**", "POST", "/v1/apps/1", false),
+            ("GET /v1/builds/*", "GET", "/v1/builds/7", true),
+            ("GET /v1/builds/*", "GET", "/v1/builds", false),
+            ("GET /v1/builds/*", "GET", "/v1/builds/7/x", false),
+            ("GET /v1/builds/*", "GET", "/v1/builds/", false),
+            ("* /v1/builds", "DELETE", "/v1/builds", true),
+            ("POST /v1/builds", "POST", "/v1/builds", true),
+            ("GET /v1/**/reports", "GET", "/v1/a/b/reports", true),
+            ("GET /v1/**", "GET", "/v1/apps/../admin", false),
+            ("GET /v1/apps/*", "GET", "/v1/apps/%2e%2e", false),
+            ("GET /v1/apps/x", "GET", "/v1/apps/%78", true),
+        ];
+        for (p, m, path, expect) in cases {
+            assert_eq!(pat(p).matches(m, path), expect, "{p} vs {m} {path}");
+        }
+        for bad in ["/v1", "get /v1", "GET v1", "GET /v1?x=1"] {
+            assert!(RoutePattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles_and_long_lived() {
+        let cat = RoleCatalog::default();
+        let mut roles = BTreeMap::new();
+        roles.insert(
+            Role::parse_name("FINANCE").unwrap(),
+            RolePolicy {
+                allow: vec![pat("GET /v1/financeReports")],
+                long_lived: vec![pat("GET /v1/ciProducts/**")],
+                rate_limit_per_hour: None,
+            },
+        );
+        let policy = Policy::new(roles);
+        let finance = cat.key_roles(&["FINANCE"]).unwrap();
+        let dev = cat.key_roles(&["DEVELOPER"]).unwrap();
+        let admin = cat.key_roles(&["ADMIN"]).unwrap();
+        let t = RequestTarget::from_uri("GET", "/v1/financeReports?x=1");
+        assert!(policy.allows(&finance, &t));
+        assert!(!policy.allows(&dev, &t));
+        assert!(policy.allows(&admin, &t));
+        assert!(Policy::open().allows(&dev, &t));
+        let ll = [ScopeEntry::parse("GET /v1/ciProducts/1").unwrap()];
+        assert!(policy.long_lived_scope(&finance, &ll));
+        assert!(!policy.long_lived_scope(&dev, &ll));
+        let mixed = [ll[0].clone(), ScopeEntry::parse("POST /v1/ciProducts/1").unwrap()];
+        assert!(!policy.long_lived_scope(&finance, &mixed));
+        assert!(!policy.long_lived_scope(&finance, &[]));
+    }
+}

@@ -1,0 +1,411 @@
+//! The domain operations: what the management API, the CLI and the data plane call. Each
+//! operation validates, decides, and makes one store call that writes the change, its audit
+//! event and its change-feed entry together.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde_json::json;
+use tracing::instrument;
+
+use crate::audit::{AuditAction, AuditEvent, NewAuditEvent};
+use crate::authz::{KeyAdmin, Member, Principal};
+use crate::clock::{Clock, UnixTime};
+use crate::crypto::{MasterKey, PrivateKeyPem, generate_key_pair, parse_public_key_pem};
+use crate::error::{AuthFailure, Error, ForbiddenReason, PrivateKeyUnavailable, Result};
+use crate::ids::{Actor, IssuerId, KeyId};
+use crate::key::{Algorithm, ApiKey, KeyQuery, KeyType, Page, PrivateKeyState};
+use crate::keyset::KeyRing;
+use crate::policy::Policy;
+use crate::role::{Role, RoleCatalog};
+use crate::scope::RequestTarget;
+use crate::store::{Issuer, Store, TakePrivateKey};
+use crate::token::{self, TokenRules, VerifiedToken};
+
+/// Limits on keys, from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyLimits {
+    /// Active team keys one issuer may hold (default 50).
+    pub max_active_team_keys: u32,
+    /// Seconds a new private key waits for its one download before it is erased (default 24 h).
+    pub download_window: i64,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        Self {
+            max_active_team_keys: 50,
+            download_window: 24 * 3600,
+        }
+    }
+}
+
+/// A request to create a key, as validated input.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub name: String,
+    pub roles: Vec<String>,
+    pub key_type: KeyType,
+    pub algorithm: Algorithm,
+    /// A caller-supplied SPKI PEM public key: then keygate never holds a private key.
+    pub public_key: Option<String>,
+    pub expires_at: Option<UnixTime>,
+}
+
+/// The hot path: token verification against the node's in-memory key set.
+#[derive(Debug)]
+pub struct Verifier {
+    ring: Arc<KeyRing>,
+    policy: Arc<Policy>,
+    rules: TokenRules,
+    clock: Arc<dyn Clock>,
+}
+
+impl Verifier {
+    pub fn new(ring: Arc<KeyRing>, policy: Arc<Policy>, rules: TokenRules, clock: Arc<dyn Clock>) -> Self {
+        Self { ring, policy, rules, clock }
+    }
+
+    pub fn rules(&self) -> &TokenRules {
+        &self.rules
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Verifies a token (signature, key status, claims). Never logs the token.
+    #[instrument(level = "trace", skip_all)]
+    pub fn verify(&self, token: &str) -> Result<VerifiedToken, AuthFailure> {
+        token::verify(token, &self.ring.snapshot(), &self.policy, &self.rules, self.clock.now())
+    }
+
+    /// The data-plane decision for a request on the protected API: credential, then token
+    /// scope, then role policy.
+    #[instrument(level = "trace", skip_all)]
+    pub fn authorize(&self, token: &str, target: &RequestTarget<'_>) -> Result<VerifiedToken> {
+        let verified = self.verify(token)?;
+        verified.check_scope(target)?;
+        if !self.policy.allows(&verified.key.roles, target) {
+            return Err(Error::forbidden(
+                ForbiddenReason::RoleNotAllowed,
+                format!(
+                    "The policy lets no role of key {} ({}) call {} {}.",
+                    verified.key.id,
+                    verified.key.roles.joined(),
+                    target.method,
+                    target.path.chars().take(200).collect::<String>()
+                ),
+            ));
+        }
+        Ok(verified)
+    }
+
+    /// Authenticates a caller of keygate's own management API. The token's scope, if any, must
+    /// cover this request too.
+    #[instrument(level = "trace", skip_all)]
+    pub fn authenticate_management(&self, token: &str, target: &RequestTarget<'_>, source_ip: Option<IpAddr>) -> Result<Principal> {
+        let verified = self.verify(token)?;
+        verified.check_scope(target)?;
+        Ok(Principal {
+            issuer_id: verified.key.issuer_id,
+            actor: Actor::Key(verified.key.id),
+            roles: verified.key.roles.clone(),
+            source_ip,
+        })
+    }
+}
+
+/// Key management over a [`Store`].
+#[derive(Debug)]
+pub struct KeyService {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    master: MasterKey,
+    limits: KeyLimits,
+    roles: RoleCatalog,
+    ring: Arc<KeyRing>,
+}
+
+const MAX_NAME_CHARS: usize = 100;
+const MAX_REASON_CHARS: usize = 500;
+
+impl KeyService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        master: MasterKey,
+        limits: KeyLimits,
+        roles: RoleCatalog,
+        ring: Arc<KeyRing>,
+    ) -> Self {
+        Self { store, clock, master, limits, roles, ring }
+    }
+
+    pub fn limits(&self) -> KeyLimits {
+        self.limits
+    }
+
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Returns the deployment's issuer, creating one if the database holds none.
+    /// The flag says whether it was created now.
+    pub async fn ensure_issuer(&self) -> Result<(Issuer, bool)> {
+        if let Some(first) = self.store.list_issuers().await?.into_iter().next() {
+            return Ok((first, false));
+        }
+        let issuer = Issuer {
+            id: IssuerId::generate(),
+            name: "keygate".to_owned(),
+            created_at: self.clock.now(),
+        };
+        let audit = NewAuditEvent::new(issuer.id, issuer.created_at, &Actor::System("serve"), AuditAction::IssuerCreated, issuer.id.to_string());
+        self.store.create_issuer(&issuer, &audit).await?;
+        Ok((issuer, true))
+    }
+
+    /// The caller's own issuer.
+    pub async fn issuer(&self, member: Member<'_>) -> Result<Issuer> {
+        self.store
+            .get_issuer(member.issuer_id())
+            .await?
+            .ok_or_else(|| Error::NotFound("the caller's issuer no longer exists".into()))
+    }
+
+    /// `admin bootstrap`: makes sure an issuer exists (`issuer_id` if given) and creates a new
+    /// `ADMIN` team key whose private half goes straight to the caller, never into storage.
+    #[instrument(level = "debug", skip_all)]
+    pub async fn bootstrap_admin_key(&self, issuer_id: Option<IssuerId>) -> Result<(ApiKey, PrivateKeyPem)> {
+        let now = self.clock.now();
+        let actor = Actor::System("bootstrap");
+        let issuer_id = match issuer_id {
+            Some(id) => {
+                if self.store.get_issuer(id).await?.is_none() {
+                    let issuer = Issuer { id, name: "keygate".into(), created_at: now };
+                    let audit = NewAuditEvent::new(id, now, &actor, AuditAction::IssuerCreated, id.to_string());
+                    self.store.create_issuer(&issuer, &audit).await?;
+                }
+                id
+            }
+            None => self.ensure_issuer().await?.0.id,
+        };
+        let pair = generate_key_pair(Algorithm::Es256)?;
+        let key = ApiKey {
+            id: KeyId::generate()?,
+            issuer_id,
+            name: "bootstrap admin key".into(),
+            roles: self.roles.key_roles(&[Role::ADMIN])?,
+            key_type: KeyType::Team,
+            algorithm: Algorithm::Es256,
+            public_key: pair.public,
+            private_key: PrivateKeyState::Downloaded(now),
+            created_by: actor.to_string(),
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+            revoke_reason: None,
+            expires_at: None,
+        };
+        let audit = NewAuditEvent::new(issuer_id, now, &actor, AuditAction::KeyCreated, key.id.to_string())
+            .with_detail(json!({"roles": key.roles.joined(), "keyType": "TEAM", "bootstrap": true}));
+        // Recovery must work even at the cap.
+        self.insert(&key, None, u32::MAX, &audit).await?;
+        Ok((key, pair.private))
+    }
+
+    /// Creates a team key. Unless a public key is supplied, a key pair is generated and the
+    /// private half sealed until its one download.
+    #[instrument(level = "debug", skip_all)]
+    pub async fn create_key(&self, admin: &KeyAdmin<'_>, req: NewKey) -> Result<ApiKey> {
+        let now = self.clock.now();
+        let name = validate_name(&req.name)?;
+        if req.key_type == KeyType::Individual {
+            return Err(Error::attribute(
+                "keyType",
+                "An individual key belongs to a user and is created by that user for themselves; an API key cannot create one.",
+            ));
+        }
+        let roles = self.roles.key_roles(&req.roles)?;
+        if let Some(exp) = req.expires_at
+            && exp <= now
+        {
+            return Err(Error::attribute("expiresAt", "expiresAt must be in the future."));
+        }
+        let id = KeyId::generate()?;
+        let (public_key, sealed, state) = match &req.public_key {
+            Some(pem) => (parse_public_key_pem(pem, req.algorithm)?, None, PrivateKeyState::NeverHeld),
+            None => {
+                let pair = generate_key_pair(req.algorithm)?;
+                let sealed = self.master.seal(id.as_str().as_bytes(), &pair.private)?;
+                (pair.public, Some(sealed), PrivateKeyState::Pending)
+            }
+        };
+        let actor = &admin.principal().actor;
+        let key = ApiKey {
+            id,
+            issuer_id: admin.issuer_id(),
+            name,
+            roles,
+            key_type: KeyType::Team,
+            algorithm: req.algorithm,
+            public_key,
+            private_key: state,
+            created_by: actor.to_string(),
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+            revoke_reason: None,
+            expires_at: req.expires_at,
+        };
+        let audit = NewAuditEvent::new(key.issuer_id, now, actor, AuditAction::KeyCreated, id.to_string())
+            .from_ip(admin.principal().source_ip)
+            .with_detail(json!({
+                "name": key.name,
+                "roles": key.roles.joined(),
+                "keyType": key.key_type.as_str(),
+                "algorithm": key.algorithm.as_str(),
+                "suppliedPublicKey": req.public_key.is_some(),
+            }));
+        self.insert(&key, sealed.as_ref(), self.limits.max_active_team_keys, &audit).await?;
+        Ok(key)
+    }
+
+    async fn insert(&self, key: &ApiKey, sealed: Option<&crate::crypto::SealedPrivateKey>, cap: u32, audit: &NewAuditEvent) -> Result<()> {
+        // A freshly drawn ID colliding with an existing one is astronomically rare, but the
+        // store reports it as a conflict on the ID rather than silently overwriting.
+        self.store.insert_key(key, sealed, cap, audit).await?;
+        self.ring.apply(std::slice::from_ref(key), i64::MIN);
+        Ok(())
+    }
+
+    pub async fn get_key(&self, admin: &KeyAdmin<'_>, id: &str) -> Result<ApiKey> {
+        let id = parse_key_id(id)?;
+        self.store
+            .get_key(admin.issuer_id(), id)
+            .await?
+            .ok_or_else(|| not_found(id))
+    }
+
+    pub async fn list_keys(&self, admin: &KeyAdmin<'_>, query: &KeyQuery) -> Result<Page<ApiKey>> {
+        self.store.list_keys(admin.issuer_id(), query).await
+    }
+
+    /// The one-time download. Exactly one caller ever gets the key; it is erased from storage
+    /// in the same transaction that hands it out.
+    #[instrument(level = "debug", skip_all)]
+    pub async fn download_private_key(&self, admin: &KeyAdmin<'_>, id: &str) -> Result<(KeyId, PrivateKeyPem)> {
+        let id = parse_key_id(id)?;
+        let now = self.clock.now();
+        let audit = NewAuditEvent::new(admin.issuer_id(), now, &admin.principal().actor, AuditAction::PrivateKeyDownloaded, id.to_string())
+            .from_ip(admin.principal().source_ip);
+        let cutoff = now.saturating_sub(self.limits.download_window);
+        match self.store.take_private_key(admin.issuer_id(), id, cutoff, now, &audit).await? {
+            TakePrivateKey::Taken(sealed) => Ok((id, self.master.open(id.as_str().as_bytes(), &sealed)?)),
+            TakePrivateKey::Unavailable(why) => Err(Error::PrivateKey(why)),
+            TakePrivateKey::NotFound => Err(not_found(id)),
+        }
+    }
+
+    /// Revokes a key, at once and for good. Revoking a revoked key is not an error.
+    #[instrument(level = "debug", skip_all)]
+    pub async fn revoke_key(&self, admin: &KeyAdmin<'_>, id: &str, reason: Option<&str>) -> Result<ApiKey> {
+        let id = parse_key_id(id)?;
+        if let Some(r) = reason
+            && r.chars().count() > MAX_REASON_CHARS
+        {
+            return Err(Error::attribute("revokeReason", format!("revokeReason is at most {MAX_REASON_CHARS} characters.")));
+        }
+        let now = self.clock.now();
+        let audit = NewAuditEvent::new(admin.issuer_id(), now, &admin.principal().actor, AuditAction::KeyRevoked, id.to_string())
+            .from_ip(admin.principal().source_ip)
+            .with_detail(json!({"reason": reason}));
+        let key = self
+            .store
+            .revoke_key(admin.issuer_id(), id, reason, now, &audit)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        // This node rejects the key before the call returns; others follow via the change feed.
+        self.ring.apply(std::slice::from_ref(&key), i64::MIN);
+        Ok(key)
+    }
+
+    /// Erases private keys whose download window has passed. Run periodically.
+    pub async fn erase_stale_private_keys(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let erased = self
+            .store
+            .erase_stale_private_keys(now.saturating_sub(self.limits.download_window), now, &Actor::System("download-window"))
+            .await?;
+        self.ring.apply(&erased, i64::MIN);
+        Ok(erased.len())
+    }
+
+    pub async fn audit_events(&self, admin: &KeyAdmin<'_>, before_seq: Option<i64>, limit: u32) -> Result<Page<AuditEvent>> {
+        self.store.list_audit_events(admin.issuer_id(), before_seq, limit).await
+    }
+
+    /// Loads every key into the key ring (start-up, or after losing track of the feed).
+    pub async fn reload_keys(&self) -> Result<usize> {
+        let (seq, keys) = self.store.load_all_keys().await?;
+        self.ring.replace_all(&keys, seq);
+        Ok(keys.len())
+    }
+
+    /// Applies what other processes changed since the last sync. Returns how many keys changed.
+    pub async fn sync_keys(&self) -> Result<usize> {
+        let mut applied = 0;
+        loop {
+            let from = self.ring.snapshot().seq;
+            let changes = self.store.changes_since(from, 1000).await?;
+            let Some(&(last, _)) = changes.last() else {
+                return Ok(applied);
+            };
+            let mut ids: Vec<KeyId> = changes.iter().map(|(_, id)| *id).collect();
+            ids.sort();
+            ids.dedup();
+            let keys = self.store.keys_by_id(&ids).await?;
+            self.ring.apply(&keys, last);
+            applied += keys.len();
+            if changes.len() < 1000 {
+                return Ok(applied);
+            }
+        }
+    }
+}
+
+fn validate_name(name: &str) -> Result<String> {
+    let count = name.chars().count();
+    if count == 0 || name.trim().is_empty() {
+        return Err(Error::attribute("name", "name must not be empty."));
+    }
+    if count > MAX_NAME_CHARS {
+        return Err(Error::attribute("name", format!("name is at most {MAX_NAME_CHARS} characters; this one has {count}.")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::attribute("name", "name must not contain control characters."));
+    }
+    Ok(name.to_owned())
+}
+
+fn parse_key_id(id: &str) -> Result<KeyId> {
+    KeyId::parse(id).ok_or_else(|| Error::NotFound("There is no API key with this ID.".into()))
+}
+
+fn not_found(id: KeyId) -> Error {
+    Error::NotFound(format!("There is no API key with ID {id} in this issuer."))
+}
+
+/// Used by callers that report why a download is impossible.
+pub fn private_key_unavailable_detail(why: PrivateKeyUnavailable) -> &'static str {
+    match why {
+        PrivateKeyUnavailable::AlreadyDownloaded => "This private key was already downloaded. keygate keeps no copy; revoke the key and create a new one if it was lost.",
+        PrivateKeyUnavailable::Erased => "This private key was erased unread: it was not downloaded within the download window, or the key was revoked first.",
+        PrivateKeyUnavailable::NeverHeld => "This key was created from a public key you supplied; keygate never held its private key.",
+    }
+}

@@ -1,0 +1,107 @@
+//! The storage contract. One implementation per database lives in `keygate-store`, chosen by the
+//! URL scheme at start-up; domain code only ever sees these traits (as `Arc<dyn Store>`).
+//!
+//! Every mutation takes the audit event that records it and writes both, plus the change-feed
+//! entry for anything that affects verification, in one transaction.
+
+use async_trait::async_trait;
+
+use crate::audit::{AuditEvent, NewAuditEvent};
+use crate::clock::UnixTime;
+use crate::crypto::SealedPrivateKey;
+use crate::error::{PrivateKeyUnavailable, Result};
+use crate::ids::{Actor, IssuerId, KeyId};
+use crate::key::{ApiKey, KeyQuery, Page};
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer {
+    pub id: IssuerId,
+    pub name: String,
+    pub created_at: UnixTime,
+}
+
+/// The result of trying to take a pending private key out of storage.
+#[derive(Debug)]
+pub enum TakePrivateKey {
+    /// This caller got it; the stored copy was erased in the same transaction.
+    Taken(SealedPrivateKey),
+    Unavailable(PrivateKeyUnavailable),
+    NotFound,
+}
+
+#[async_trait]
+pub trait IssuerStore: Send + Sync {
+    async fn create_issuer(&self, issuer: &Issuer, audit: &NewAuditEvent) -> Result<()>;
+    async fn get_issuer(&self, id: IssuerId) -> Result<Option<Issuer>>;
+    async fn list_issuers(&self) -> Result<Vec<Issuer>>;
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Inserts a new key and, when keygate generated it, its sealed private half. For team keys,
+    /// fails with `Conflict` if the issuer already has `max_active_team_keys` active team keys
+    /// (checked in the same transaction, so concurrent creations cannot overshoot).
+    async fn insert_key(
+        &self,
+        key: &ApiKey,
+        sealed: Option<&SealedPrivateKey>,
+        max_active_team_keys: u32,
+        audit: &NewAuditEvent,
+    ) -> Result<()>;
+
+    async fn get_key(&self, issuer: IssuerId, id: KeyId) -> Result<Option<ApiKey>>;
+
+    async fn list_keys(&self, issuer: IssuerId, query: &KeyQuery) -> Result<Page<ApiKey>>;
+
+    /// Atomically takes the pending private key: exactly one caller ever gets `Taken`, however
+    /// many ask at once. Keys created before `created_after` are past their download window:
+    /// their sealed copy is erased instead and the answer is `Unavailable(Erased)`.
+    async fn take_private_key(
+        &self,
+        issuer: IssuerId,
+        id: KeyId,
+        created_after: UnixTime,
+        now: UnixTime,
+        audit: &NewAuditEvent,
+    ) -> Result<TakePrivateKey>;
+
+    /// Revokes a key (and erases its private half if still pending). Revoking a revoked key
+    /// changes nothing and records nothing. `None` if the issuer has no such key.
+    async fn revoke_key(
+        &self,
+        issuer: IssuerId,
+        id: KeyId,
+        reason: Option<&str>,
+        now: UnixTime,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<ApiKey>>;
+
+    /// Erases every pending private key of a key created before `created_before`, recording an
+    /// audit event by `actor` for each. Returns the keys that were erased.
+    async fn erase_stale_private_keys(&self, created_before: UnixTime, now: UnixTime, actor: &Actor) -> Result<Vec<ApiKey>>;
+}
+
+/// What a node needs to keep its in-memory verification state current.
+#[async_trait]
+pub trait ChangeFeed: Send + Sync {
+    /// Every key, with the change-feed position the list is consistent with.
+    async fn load_all_keys(&self) -> Result<(i64, Vec<ApiKey>)>;
+    /// Keys changed after position `seq`, in order, at most `limit`: `(position, key)`.
+    async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<(i64, KeyId)>>;
+    /// The current state of the given keys (any issuer).
+    async fn keys_by_id(&self, ids: &[KeyId]) -> Result<Vec<ApiKey>>;
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Events of one issuer, newest first, starting below `before_seq`.
+    async fn list_audit_events(&self, issuer: IssuerId, before_seq: Option<i64>, limit: u32) -> Result<Page<AuditEvent>>;
+}
+
+/// Everything keygate stores, behind one handle.
+#[async_trait]
+pub trait Store: IssuerStore + KeyStore + ChangeFeed + AuditStore + std::fmt::Debug {
+    /// Whether the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+}
