@@ -1,1 +1,264 @@
-fn main() {}
+//! The `keygate` binary: `serve`, `admin bootstrap`, `token`, `check-config`, and a client of the
+//! management API (`keys ...`).
+
+mod keys;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use keygate_client::{Identity, MintOptions, TokenMinter};
+use keygate_core::clock::SystemClock;
+use keygate_server::config::{self, Overrides};
+use keygate_server::{master_key, serve};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "Self-hosted API keys in the App Store Connect model"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Offline administration of the database.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Print a signed JWT for a key.
+    Token(TokenArgs),
+    /// Manage API keys through a running server.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Validate a configuration / policy file and print what it means.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[arg(long, env = "KEYGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the main listener [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Database URL [default: sqlite://keygate-data/keygate.db].
+    #[arg(long)]
+    database: Option<String>,
+    /// Accepted token audience; repeat for several [default: keygate-v1].
+    #[arg(long = "audience")]
+    audiences: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create the issuer if none exists and a new ADMIN team key; write its .p8 to --out.
+    Bootstrap {
+        #[arg(long, env = "KEYGATE_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        database: Option<String>,
+        #[arg(long)]
+        issuer_id: Option<String>,
+        /// Folder for AuthKey_<KEYID>.p8.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// How to sign: a key file and its IDs. Shared by `token` and `keys`.
+#[derive(Debug, Args, Clone)]
+pub struct KeyFlags {
+    /// The .p8 private key file.
+    #[arg(long = "key", env = "KEYGATE_KEY_FILE")]
+    pub key: PathBuf,
+    #[arg(long, env = "KEYGATE_KEY_ID")]
+    pub key_id: String,
+    /// The issuer ID (team keys).
+    #[arg(long, env = "KEYGATE_ISSUER_ID", conflicts_with = "individual")]
+    pub issuer_id: Option<String>,
+    /// The key is an individual key (sub "user", no iss).
+    #[arg(long)]
+    pub individual: bool,
+    #[arg(long, default_value = "keygate-v1")]
+    pub audience: String,
+}
+
+impl KeyFlags {
+    pub fn minter(&self, lifetime: i64, scope: Vec<String>) -> Result<TokenMinter> {
+        let identity = match (&self.issuer_id, self.individual) {
+            (Some(id), false) => Identity::Team {
+                issuer_id: id.clone(),
+            },
+            (None, true) => Identity::Individual,
+            _ => bail!("give --issuer-id ID for a team key, or --individual"),
+        };
+        let options = MintOptions {
+            audience: self.audience.clone(),
+            lifetime,
+            scope,
+            include_iat: true,
+        };
+        TokenMinter::from_file(&self.key, &self.key_id, identity, options).map_err(Into::into)
+    }
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    key: KeyFlags,
+    /// Token lifetime, such as 20m or 300s.
+    #[arg(long, default_value = "20m")]
+    lifetime: String,
+    /// Restrict the token to one request, "METHOD /path?query"; repeatable.
+    #[arg(long)]
+    scope: Vec<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Serve(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keygate: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keygate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(serving: bool) {
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve_cmd(args).await,
+        Command::Admin(AdminCommand::Bootstrap {
+            config,
+            database,
+            issuer_id,
+            out,
+        }) => bootstrap(config.as_deref(), database, issuer_id, &out).await,
+        Command::Token(args) => {
+            let lifetime = config::parse_duration(&args.lifetime)
+                .context("--lifetime is a duration such as 20m")?;
+            let minter = args.key.minter(
+                i64::try_from(lifetime).context("--lifetime too large")?,
+                args.scope,
+            )?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", minter.mint()?);
+            }
+            Ok(())
+        }
+        Command::Keys(cmd) => keys::run(cmd).await,
+        Command::CheckConfig { config: path } => {
+            let cfg = config::load(Some(&path), &|_| None, &Overrides::default())?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}: OK\n{}", path.display(), config::describe(&cfg));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve_cmd(args: ServeArgs) -> Result<()> {
+    let overrides = Overrides {
+        listen: args.listen,
+        database: args.database,
+        audiences: args.audiences,
+    };
+    let cfg = config::load(args.config.as_deref(), &env_var, &overrides)?;
+    let master = master_key::resolve(env_var("KEYGATE_MASTER_KEY"), &cfg.database)?;
+    serve::run(cfg, master, |addr, node| {
+        #[allow(clippy::print_stdout)]
+        {
+            if node.issuer_created {
+                println!(
+                    "keygate: created issuer {} (Issuer ID). This is shown once.",
+                    node.issuer.id
+                );
+                println!(
+                    "keygate: create the first admin key with: keygate admin bootstrap --out DIR"
+                );
+            }
+            println!("keygate listening on http://{addr}");
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+async fn bootstrap(
+    config_path: Option<&Path>,
+    database: Option<String>,
+    issuer_id: Option<String>,
+    out: &Path,
+) -> Result<()> {
+    let overrides = Overrides {
+        database,
+        ..Overrides::default()
+    };
+    let cfg = config::load(config_path, &env_var, &overrides)?;
+    let master = master_key::resolve(env_var("KEYGATE_MASTER_KEY"), &cfg.database)?;
+    let issuer_id = issuer_id
+        .map(|s| s.parse())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("--issuer-id must be a hyphenated UUID"))?;
+    let node = serve::build(&cfg, master, Arc::new(SystemClock)).await?;
+    let (key, pem) = node.state.keys.bootstrap_admin_key(issuer_id).await?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let path = out.join(format!("AuthKey_{}.p8", key.id));
+    keys::write_private_file(&path, pem.expose())?;
+    let summary = serde_json::json!({
+        "issuerId": key.issuer_id.to_string(),
+        "keyId": key.id.as_str(),
+        "privateKeyPath": path.display().to_string(),
+    });
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -58,7 +58,13 @@ pub struct NewAuditEvent {
 }
 
 impl NewAuditEvent {
-    pub fn new(issuer_id: IssuerId, at: UnixTime, actor: &Actor, action: AuditAction, target: impl Into<String>) -> Self {
+    pub fn new(
+        issuer_id: IssuerId,
+        at: UnixTime,
+        actor: &Actor,
+        action: AuditAction,
+        target: impl Into<String>,
+    ) -> Self {
         Self {
             issuer_id,
             at,
@@ -93,7 +99,12 @@ impl NewAuditEvent {
         field(self.actor.as_bytes());
         field(self.action.as_str().as_bytes());
         field(self.target.as_bytes());
-        field(self.source_ip.map(|ip| ip.to_string()).unwrap_or_default().as_bytes());
+        field(
+            self.source_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
         field(self.detail.to_string().as_bytes());
         digest(&SHA256, &buf).as_ref().to_vec()
     }

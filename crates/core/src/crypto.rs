@@ -145,7 +145,9 @@ impl PrivateKeyPem {
     pub fn der(&self) -> Result<Zeroizing<Vec<u8>>> {
         pem_decode(&self.0, "PRIVATE KEY")
             .map(Zeroizing::new)
-            .ok_or_else(|| Error::body("not a PEM PKCS#8 private key (-----BEGIN PRIVATE KEY-----)"))
+            .ok_or_else(|| {
+                Error::body("not a PEM PKCS#8 private key (-----BEGIN PRIVATE KEY-----)")
+            })
     }
 }
 
@@ -174,12 +176,18 @@ pub fn generate_key_pair(alg: Algorithm) -> Result<GeneratedKeyPair> {
             let pair =
                 EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng)
                     .map_err(|_| internal("reparse"))?;
-            (Zeroizing::new(doc.as_ref().to_vec()), pair.public_key().as_ref().to_vec())
+            (
+                Zeroizing::new(doc.as_ref().to_vec()),
+                pair.public_key().as_ref().to_vec(),
+            )
         }
         Algorithm::EdDsa => {
             let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| internal("generate"))?;
             let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| internal("reparse"))?;
-            (Zeroizing::new(doc.as_ref().to_vec()), pair.public_key().as_ref().to_vec())
+            (
+                Zeroizing::new(doc.as_ref().to_vec()),
+                pair.public_key().as_ref().to_vec(),
+            )
         }
     };
     Ok(GeneratedKeyPair {
@@ -202,13 +210,16 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 /// raw form keygate stores. Only the exact DER encodings are accepted.
 pub fn parse_public_key_pem(pem: &str, alg: Algorithm) -> Result<Vec<u8>> {
     let bad = |detail: &str| Error::attribute("publicKey", detail.to_owned());
-    let der = pem_decode(pem, "PUBLIC KEY")
-        .ok_or_else(|| bad("publicKey must be a PEM SubjectPublicKeyInfo (-----BEGIN PUBLIC KEY-----)"))?;
+    let der = pem_decode(pem, "PUBLIC KEY").ok_or_else(|| {
+        bad("publicKey must be a PEM SubjectPublicKeyInfo (-----BEGIN PUBLIC KEY-----)")
+    })?;
     let raw = match alg {
         Algorithm::Es256 => der
             .strip_prefix(&P256_SPKI_PREFIX[..])
             .filter(|p| p.len() == 65 && p.first() == Some(&0x04))
-            .ok_or_else(|| bad("publicKey is not an uncompressed P-256 (prime256v1) key, as ES256 needs"))?,
+            .ok_or_else(|| {
+                bad("publicKey is not an uncompressed P-256 (prime256v1) key, as ES256 needs")
+            })?,
         Algorithm::EdDsa => der
             .strip_prefix(&ED25519_SPKI_PREFIX[..])
             .filter(|p| p.len() == 32)
@@ -270,23 +281,48 @@ mod tests {
         let mk = MasterKey::generate().unwrap();
         let pair = generate_key_pair(Algorithm::Es256).unwrap();
         let sealed = mk.seal(b"ABCDEFGHIJ", &pair.private).unwrap();
-        assert!(!sealed.as_bytes().windows(20).any(|w| pair.private.expose().as_bytes().windows(20).any(|p| p == w)));
-        assert_eq!(mk.open(b"ABCDEFGHIJ", &sealed).unwrap().expose(), pair.private.expose());
+        assert!(
+            !sealed.as_bytes().windows(20).any(|w| pair
+                .private
+                .expose()
+                .as_bytes()
+                .windows(20)
+                .any(|p| p == w))
+        );
+        assert_eq!(
+            mk.open(b"ABCDEFGHIJ", &sealed).unwrap().expose(),
+            pair.private.expose()
+        );
         assert!(mk.open(b"OTHERKEYID", &sealed).is_err());
-        assert!(MasterKey::generate().unwrap().open(b"ABCDEFGHIJ", &sealed).is_err());
+        assert!(
+            MasterKey::generate()
+                .unwrap()
+                .open(b"ABCDEFGHIJ", &sealed)
+                .is_err()
+        );
     }
 
     #[test]
     fn generated_keys_are_pkcs8_pem_and_their_public_halves_round_trip() {
         for alg in [Algorithm::Es256, Algorithm::EdDsa] {
             let pair = generate_key_pair(alg).unwrap();
-            assert!(pair.private.expose().starts_with("-----BEGIN PRIVATE KEY-----\n"));
+            assert!(
+                pair.private
+                    .expose()
+                    .starts_with("-----BEGIN PRIVATE KEY-----\n")
+            );
             assert!(!pair.private.der().unwrap().is_empty());
             let pem = public_key_pem(&pair.public, alg);
             assert_eq!(parse_public_key_pem(&pem, alg).unwrap(), pair.public);
         }
         let p256 = generate_key_pair(Algorithm::Es256).unwrap();
-        assert!(parse_public_key_pem(&public_key_pem(&p256.public, Algorithm::Es256), Algorithm::EdDsa).is_err());
+        assert!(
+            parse_public_key_pem(
+                &public_key_pem(&p256.public, Algorithm::Es256),
+                Algorithm::EdDsa
+            )
+            .is_err()
+        );
         assert!(parse_public_key_pem("not pem", Algorithm::Es256).is_err());
     }
 
@@ -295,6 +331,9 @@ mod tests {
         let pair = generate_key_pair(Algorithm::Es256).unwrap();
         assert_eq!(format!("{:?}", pair.private), "PrivateKeyPem(<redacted>)");
         assert!(!format!("{pair:?}").contains("BEGIN"));
-        assert_eq!(format!("{:?}", MasterKey::generate().unwrap()), "MasterKey(<redacted>)");
+        assert_eq!(
+            format!("{:?}", MasterKey::generate().unwrap()),
+            "MasterKey(<redacted>)"
+        );
     }
 }

@@ -138,10 +138,7 @@ pub enum Error {
         detail: String,
     },
     #[error("invalid input: {detail}")]
-    Invalid {
-        at: InvalidSource,
-        detail: String,
-    },
+    Invalid { at: InvalidSource, detail: String },
     #[error("private key unavailable: {0:?}")]
     PrivateKey(PrivateKeyUnavailable),
     #[error("rate limit exceeded")]

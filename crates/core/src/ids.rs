@@ -141,7 +141,14 @@ mod tests {
             assert_eq!(id.as_str().len(), 10);
             assert!(KeyId::parse(id.as_str()).is_some());
         }
-        for bad in ["", "ABC", "abcdefghij", "ABCDEFGHI!", "ABCDEFGHIJK", "ÄBCDEFGHI"] {
+        for bad in [
+            "",
+            "ABC",
+            "abcdefghij",
+            "ABCDEFGHI!",
+            "ABCDEFGHIJK",
+            "ÄBCDEFGHI",
+        ] {
             assert!(KeyId::parse(bad).is_none(), "{bad}");
         }
     }
@@ -150,7 +157,15 @@ mod tests {
     fn issuer_ids_are_hyphenated_uuids() {
         let id = IssuerId::generate();
         assert_eq!(id.to_string().parse::<IssuerId>().unwrap(), id);
-        assert!("57246542-96fe-1a63-e053-0824d011072a".parse::<IssuerId>().is_ok());
-        assert!("5724654296fe1a63e0530824d011072a".parse::<IssuerId>().is_err());
+        assert!(
+            "57246542-96fe-1a63-e053-0824d011072a"
+                .parse::<IssuerId>()
+                .is_ok()
+        );
+        assert!(
+            "5724654296fe1a63e0530824d011072a"
+                .parse::<IssuerId>()
+                .is_err()
+        );
     }
 }

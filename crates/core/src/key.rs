@@ -125,7 +125,9 @@ impl ApiKey {
     }
     /// Active: usable for tokens right now.
     pub fn is_active(&self, now: UnixTime) -> bool {
-        !self.is_revoked() && !self.is_expired(now) && !matches!(self.private_key, PrivateKeyState::Erased(_))
+        !self.is_revoked()
+            && !self.is_expired(now)
+            && !matches!(self.private_key, PrivateKeyState::Erased(_))
     }
     /// Whether the one download is still possible.
     pub fn can_download(&self, now: UnixTime, window_secs: i64) -> bool {

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use ring::signature::{ED25519, ECDSA_P256_SHA256_FIXED, UnparsedPublicKey, VerificationAlgorithm};
+use ring::signature::{ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey, VerificationAlgorithm};
 
 use crate::clock::UnixTime;
 use crate::ids::{IssuerId, KeyId};

@@ -28,7 +28,9 @@ enum Segment {
 impl RoutePattern {
     pub fn parse(s: &str) -> Result<Self> {
         let bad = |why: &str| Error::body(format!("route pattern {s:?}: {why}"));
-        let (method, path) = s.split_once(' ').ok_or_else(|| bad("expected \"METHOD /path\""))?;
+        let (method, path) = s
+            .split_once(' ')
+            .ok_or_else(|| bad("expected \"METHOD /path\""))?;
         let method = match method {
             "*" => None,
             m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => Some(m.to_owned()),
@@ -77,7 +79,9 @@ impl RoutePattern {
 fn match_segments(pattern: &[Segment], path: &[&str]) -> bool {
     match pattern.split_first() {
         None => path.is_empty(),
-        Some((Segment::Any, rest)) => (0..=path.len()).any(|i| path.get(i..).is_some_and(|p| match_segments(rest, p))),
+        Some((Segment::Any, rest)) => {
+            (0..=path.len()).any(|i| path.get(i..).is_some_and(|p| match_segments(rest, p)))
+        }
         Some((seg, rest)) => match path.split_first() {
             Some((first, tail)) => {
                 let ok = match seg {
@@ -114,7 +118,10 @@ impl Policy {
     }
 
     pub fn new(roles: BTreeMap<Role, RolePolicy>) -> Self {
-        Self { roles, enforced: true }
+        Self {
+            roles,
+            enforced: true,
+        }
     }
 
     pub fn roles(&self) -> impl Iterator<Item = (&Role, &RolePolicy)> {
@@ -131,7 +138,9 @@ impl Policy {
             return true;
         }
         roles.iter().filter_map(|r| self.roles.get(r)).any(|rp| {
-            rp.allow.iter().any(|p| p.matches(target.method, target.path))
+            rp.allow
+                .iter()
+                .any(|p| p.matches(target.method, target.path))
         })
     }
 
@@ -141,9 +150,10 @@ impl Policy {
         !scope.is_empty()
             && scope.iter().all(|entry| {
                 entry.method() == "GET"
-                    && roles.iter().filter_map(|r| self.roles.get(r)).any(|rp| {
-                        rp.long_lived.iter().any(|p| p.matches("GET", entry.path()))
-                    })
+                    && roles
+                        .iter()
+                        .filter_map(|r| self.roles.get(r))
+                        .any(|rp| rp.long_lived.iter().any(|p| p.matches("GET", entry.path())))
             })
     }
 }
@@ -206,7 +216,10 @@ mod tests {
         let ll = [ScopeEntry::parse("GET /v1/ciProducts/1").unwrap()];
         assert!(policy.long_lived_scope(&finance, &ll));
         assert!(!policy.long_lived_scope(&dev, &ll));
-        let mixed = [ll[0].clone(), ScopeEntry::parse("POST /v1/ciProducts/1").unwrap()];
+        let mixed = [
+            ll[0].clone(),
+            ScopeEntry::parse("POST /v1/ciProducts/1").unwrap(),
+        ];
         assert!(!policy.long_lived_scope(&finance, &mixed));
         assert!(!policy.long_lived_scope(&finance, &[]));
     }

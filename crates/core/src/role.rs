@@ -84,7 +84,9 @@ impl RoleSet {
                 r.dedup();
                 Ok(Self(r))
             }
-            _ => Err(Error::Internal(format!("stored role list is corrupt: {joined:?}"))),
+            _ => Err(Error::Internal(format!(
+                "stored role list is corrupt: {joined:?}"
+            ))),
         }
     }
 }
@@ -170,9 +172,6 @@ mod tests {
         assert!(cat.key_roles(&["WIZARD"]).is_err());
         let custom = RoleCatalog::with_custom([&Role::parse_name("WIZARD").unwrap()]);
         assert!(custom.key_roles(&["WIZARD"]).is_ok());
-        assert_eq!(
-            RoleSet::from_stored("ADMIN,DEVELOPER").unwrap(),
-            set
-        );
+        assert_eq!(RoleSet::from_stored("ADMIN,DEVELOPER").unwrap(), set);
     }
 }

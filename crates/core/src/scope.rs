@@ -22,7 +22,11 @@ impl<'a> RequestTarget<'a> {
     pub fn from_uri(method: &'a str, uri: &'a str) -> Self {
         let uri = uri.split_once('#').map_or(uri, |(u, _)| u);
         let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
-        Self { method, path, query }
+        Self {
+            method,
+            path,
+            query,
+        }
     }
 }
 
@@ -39,7 +43,11 @@ impl ScopeEntry {
     /// Parses `"METHOD /path?query"`; `None` if it is not of that form.
     pub fn parse(s: &str) -> Option<Self> {
         let (method, uri) = s.split_once(' ')?;
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !uri.starts_with('/') || uri.contains(' ') {
+        if method.is_empty()
+            || !method.bytes().all(|b| b.is_ascii_uppercase())
+            || !uri.starts_with('/')
+            || uri.contains(' ')
+        {
             return None;
         }
         let target = RequestTarget::from_uri(method, uri);
@@ -98,7 +106,9 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
             if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
@@ -117,7 +127,11 @@ mod tests {
 
     fn check(scope: &str, method: &str, uri: &str, expect: bool) {
         let entry = ScopeEntry::parse(scope).unwrap_or_else(|| panic!("bad scope {scope}"));
-        assert_eq!(entry.matches(&RequestTarget::from_uri(method, uri)), expect, "{scope} vs {method} {uri}");
+        assert_eq!(
+            entry.matches(&RequestTarget::from_uri(method, uri)),
+            expect,
+            "{scope} vs {method} {uri}"
+        );
     }
 
     #[test]
@@ -125,7 +139,12 @@ mod tests {
         check("GET /v1/apps", "GET", "/v1/apps", true);
         check("GET /v1/apps", "POST", "/v1/apps", false);
         check("GET /v1/apps", "GET", "/v1/apps/1", false);
-        check("GET /v1/apps", "GET", "/v1/apps?limit=10&cursor=abc&sort=name", true);
+        check(
+            "GET /v1/apps",
+            "GET",
+            "/v1/apps?limit=10&cursor=abc&sort=name",
+            true,
+        );
         check("GET /v1/apps?limit=5", "GET", "/v1/apps", true);
         check("GET /v1/apps?a=1&b=2", "GET", "/v1/apps?b=2&a=1", true);
         check("GET /v1/apps?a=1&a=1", "GET", "/v1/apps?a=1", false);
@@ -133,9 +152,19 @@ mod tests {
         check("GET /v1/apps?a=1", "GET", "/v1/apps?a=2", false);
         check("GET /v1/apps?a=1", "GET", "/v1/apps", false);
         check("GET /v1/apps", "GET", "/v1/apps?extra=1", false);
-        check("GET /v1/apps?filter[platform]=IOS", "GET", "/v1/apps?filter%5Bplatform%5D=IOS", true);
+        check(
+            "GET /v1/apps?filter[platform]=IOS",
+            "GET",
+            "/v1/apps?filter%5Bplatform%5D=IOS",
+            true,
+        );
         check("GET /v1/apps/%41", "GET", "/v1/apps/A", true);
-        check("GET /v1/salesReports?q=a+b", "GET", "/v1/salesReports?q=a%20b", true);
+        check(
+            "GET /v1/salesReports?q=a+b",
+            "GET",
+            "/v1/salesReports?q=a%20b",
+            true,
+        );
     }
 
     #[test]

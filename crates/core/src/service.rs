@@ -62,8 +62,18 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(ring: Arc<KeyRing>, policy: Arc<Policy>, rules: TokenRules, clock: Arc<dyn Clock>) -> Self {
-        Self { ring, policy, rules, clock }
+    pub fn new(
+        ring: Arc<KeyRing>,
+        policy: Arc<Policy>,
+        rules: TokenRules,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            ring,
+            policy,
+            rules,
+            clock,
+        }
     }
 
     pub fn rules(&self) -> &TokenRules {
@@ -77,7 +87,13 @@ impl Verifier {
     /// Verifies a token (signature, key status, claims). Never logs the token.
     #[instrument(level = "trace", skip_all)]
     pub fn verify(&self, token: &str) -> Result<VerifiedToken, AuthFailure> {
-        token::verify(token, &self.ring.snapshot(), &self.policy, &self.rules, self.clock.now())
+        token::verify(
+            token,
+            &self.ring.snapshot(),
+            &self.policy,
+            &self.rules,
+            self.clock.now(),
+        )
     }
 
     /// The data-plane decision for a request on the protected API: credential, then token
@@ -104,7 +120,12 @@ impl Verifier {
     /// Authenticates a caller of keygate's own management API. The token's scope, if any, must
     /// cover this request too.
     #[instrument(level = "trace", skip_all)]
-    pub fn authenticate_management(&self, token: &str, target: &RequestTarget<'_>, source_ip: Option<IpAddr>) -> Result<Principal> {
+    pub fn authenticate_management(
+        &self,
+        token: &str,
+        target: &RequestTarget<'_>,
+        source_ip: Option<IpAddr>,
+    ) -> Result<Principal> {
         let verified = self.verify(token)?;
         verified.check_scope(target)?;
         Ok(Principal {
@@ -139,7 +160,14 @@ impl KeyService {
         roles: RoleCatalog,
         ring: Arc<KeyRing>,
     ) -> Self {
-        Self { store, clock, master, limits, roles, ring }
+        Self {
+            store,
+            clock,
+            master,
+            limits,
+            roles,
+            ring,
+        }
     }
 
     pub fn limits(&self) -> KeyLimits {
@@ -165,7 +193,13 @@ impl KeyService {
             name: "keygate".to_owned(),
             created_at: self.clock.now(),
         };
-        let audit = NewAuditEvent::new(issuer.id, issuer.created_at, &Actor::System("serve"), AuditAction::IssuerCreated, issuer.id.to_string());
+        let audit = NewAuditEvent::new(
+            issuer.id,
+            issuer.created_at,
+            &Actor::System("serve"),
+            AuditAction::IssuerCreated,
+            issuer.id.to_string(),
+        );
         self.store.create_issuer(&issuer, &audit).await?;
         Ok((issuer, true))
     }
@@ -181,14 +215,27 @@ impl KeyService {
     /// `admin bootstrap`: makes sure an issuer exists (`issuer_id` if given) and creates a new
     /// `ADMIN` team key whose private half goes straight to the caller, never into storage.
     #[instrument(level = "debug", skip_all)]
-    pub async fn bootstrap_admin_key(&self, issuer_id: Option<IssuerId>) -> Result<(ApiKey, PrivateKeyPem)> {
+    pub async fn bootstrap_admin_key(
+        &self,
+        issuer_id: Option<IssuerId>,
+    ) -> Result<(ApiKey, PrivateKeyPem)> {
         let now = self.clock.now();
         let actor = Actor::System("bootstrap");
         let issuer_id = match issuer_id {
             Some(id) => {
                 if self.store.get_issuer(id).await?.is_none() {
-                    let issuer = Issuer { id, name: "keygate".into(), created_at: now };
-                    let audit = NewAuditEvent::new(id, now, &actor, AuditAction::IssuerCreated, id.to_string());
+                    let issuer = Issuer {
+                        id,
+                        name: "keygate".into(),
+                        created_at: now,
+                    };
+                    let audit = NewAuditEvent::new(
+                        id,
+                        now,
+                        &actor,
+                        AuditAction::IssuerCreated,
+                        id.to_string(),
+                    );
                     self.store.create_issuer(&issuer, &audit).await?;
                 }
                 id
@@ -212,8 +259,14 @@ impl KeyService {
             revoke_reason: None,
             expires_at: None,
         };
-        let audit = NewAuditEvent::new(issuer_id, now, &actor, AuditAction::KeyCreated, key.id.to_string())
-            .with_detail(json!({"roles": key.roles.joined(), "keyType": "TEAM", "bootstrap": true}));
+        let audit = NewAuditEvent::new(
+            issuer_id,
+            now,
+            &actor,
+            AuditAction::KeyCreated,
+            key.id.to_string(),
+        )
+        .with_detail(json!({"roles": key.roles.joined(), "keyType": "TEAM", "bootstrap": true}));
         // Recovery must work even at the cap.
         self.insert(&key, None, u32::MAX, &audit).await?;
         Ok((key, pair.private))
@@ -235,11 +288,18 @@ impl KeyService {
         if let Some(exp) = req.expires_at
             && exp <= now
         {
-            return Err(Error::attribute("expiresAt", "expiresAt must be in the future."));
+            return Err(Error::attribute(
+                "expiresAt",
+                "expiresAt must be in the future.",
+            ));
         }
         let id = KeyId::generate()?;
         let (public_key, sealed, state) = match &req.public_key {
-            Some(pem) => (parse_public_key_pem(pem, req.algorithm)?, None, PrivateKeyState::NeverHeld),
+            Some(pem) => (
+                parse_public_key_pem(pem, req.algorithm)?,
+                None,
+                PrivateKeyState::NeverHeld,
+            ),
             None => {
                 let pair = generate_key_pair(req.algorithm)?;
                 let sealed = self.master.seal(id.as_str().as_bytes(), &pair.private)?;
@@ -263,20 +323,38 @@ impl KeyService {
             revoke_reason: None,
             expires_at: req.expires_at,
         };
-        let audit = NewAuditEvent::new(key.issuer_id, now, actor, AuditAction::KeyCreated, id.to_string())
-            .from_ip(admin.principal().source_ip)
-            .with_detail(json!({
-                "name": key.name,
-                "roles": key.roles.joined(),
-                "keyType": key.key_type.as_str(),
-                "algorithm": key.algorithm.as_str(),
-                "suppliedPublicKey": req.public_key.is_some(),
-            }));
-        self.insert(&key, sealed.as_ref(), self.limits.max_active_team_keys, &audit).await?;
+        let audit = NewAuditEvent::new(
+            key.issuer_id,
+            now,
+            actor,
+            AuditAction::KeyCreated,
+            id.to_string(),
+        )
+        .from_ip(admin.principal().source_ip)
+        .with_detail(json!({
+            "name": key.name,
+            "roles": key.roles.joined(),
+            "keyType": key.key_type.as_str(),
+            "algorithm": key.algorithm.as_str(),
+            "suppliedPublicKey": req.public_key.is_some(),
+        }));
+        self.insert(
+            &key,
+            sealed.as_ref(),
+            self.limits.max_active_team_keys,
+            &audit,
+        )
+        .await?;
         Ok(key)
     }
 
-    async fn insert(&self, key: &ApiKey, sealed: Option<&crate::crypto::SealedPrivateKey>, cap: u32, audit: &NewAuditEvent) -> Result<()> {
+    async fn insert(
+        &self,
+        key: &ApiKey,
+        sealed: Option<&crate::crypto::SealedPrivateKey>,
+        cap: u32,
+        audit: &NewAuditEvent,
+    ) -> Result<()> {
         // A freshly drawn ID colliding with an existing one is astronomically rare, but the
         // store reports it as a conflict on the ID rather than silently overwriting.
         self.store.insert_key(key, sealed, cap, audit).await?;
@@ -299,14 +377,30 @@ impl KeyService {
     /// The one-time download. Exactly one caller ever gets the key; it is erased from storage
     /// in the same transaction that hands it out.
     #[instrument(level = "debug", skip_all)]
-    pub async fn download_private_key(&self, admin: &KeyAdmin<'_>, id: &str) -> Result<(KeyId, PrivateKeyPem)> {
+    pub async fn download_private_key(
+        &self,
+        admin: &KeyAdmin<'_>,
+        id: &str,
+    ) -> Result<(KeyId, PrivateKeyPem)> {
         let id = parse_key_id(id)?;
         let now = self.clock.now();
-        let audit = NewAuditEvent::new(admin.issuer_id(), now, &admin.principal().actor, AuditAction::PrivateKeyDownloaded, id.to_string())
-            .from_ip(admin.principal().source_ip);
+        let audit = NewAuditEvent::new(
+            admin.issuer_id(),
+            now,
+            &admin.principal().actor,
+            AuditAction::PrivateKeyDownloaded,
+            id.to_string(),
+        )
+        .from_ip(admin.principal().source_ip);
         let cutoff = now.saturating_sub(self.limits.download_window);
-        match self.store.take_private_key(admin.issuer_id(), id, cutoff, now, &audit).await? {
-            TakePrivateKey::Taken(sealed) => Ok((id, self.master.open(id.as_str().as_bytes(), &sealed)?)),
+        match self
+            .store
+            .take_private_key(admin.issuer_id(), id, cutoff, now, &audit)
+            .await?
+        {
+            TakePrivateKey::Taken(sealed) => {
+                Ok((id, self.master.open(id.as_str().as_bytes(), &sealed)?))
+            }
             TakePrivateKey::Unavailable(why) => Err(Error::PrivateKey(why)),
             TakePrivateKey::NotFound => Err(not_found(id)),
         }
@@ -314,17 +408,31 @@ impl KeyService {
 
     /// Revokes a key, at once and for good. Revoking a revoked key is not an error.
     #[instrument(level = "debug", skip_all)]
-    pub async fn revoke_key(&self, admin: &KeyAdmin<'_>, id: &str, reason: Option<&str>) -> Result<ApiKey> {
+    pub async fn revoke_key(
+        &self,
+        admin: &KeyAdmin<'_>,
+        id: &str,
+        reason: Option<&str>,
+    ) -> Result<ApiKey> {
         let id = parse_key_id(id)?;
         if let Some(r) = reason
             && r.chars().count() > MAX_REASON_CHARS
         {
-            return Err(Error::attribute("revokeReason", format!("revokeReason is at most {MAX_REASON_CHARS} characters.")));
+            return Err(Error::attribute(
+                "revokeReason",
+                format!("revokeReason is at most {MAX_REASON_CHARS} characters."),
+            ));
         }
         let now = self.clock.now();
-        let audit = NewAuditEvent::new(admin.issuer_id(), now, &admin.principal().actor, AuditAction::KeyRevoked, id.to_string())
-            .from_ip(admin.principal().source_ip)
-            .with_detail(json!({"reason": reason}));
+        let audit = NewAuditEvent::new(
+            admin.issuer_id(),
+            now,
+            &admin.principal().actor,
+            AuditAction::KeyRevoked,
+            id.to_string(),
+        )
+        .from_ip(admin.principal().source_ip)
+        .with_detail(json!({"reason": reason}));
         let key = self
             .store
             .revoke_key(admin.issuer_id(), id, reason, now, &audit)
@@ -340,14 +448,25 @@ impl KeyService {
         let now = self.clock.now();
         let erased = self
             .store
-            .erase_stale_private_keys(now.saturating_sub(self.limits.download_window), now, &Actor::System("download-window"))
+            .erase_stale_private_keys(
+                now.saturating_sub(self.limits.download_window),
+                now,
+                &Actor::System("download-window"),
+            )
             .await?;
         self.ring.apply(&erased, i64::MIN);
         Ok(erased.len())
     }
 
-    pub async fn audit_events(&self, admin: &KeyAdmin<'_>, before_seq: Option<i64>, limit: u32) -> Result<Page<AuditEvent>> {
-        self.store.list_audit_events(admin.issuer_id(), before_seq, limit).await
+    pub async fn audit_events(
+        &self,
+        admin: &KeyAdmin<'_>,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<AuditEvent>> {
+        self.store
+            .list_audit_events(admin.issuer_id(), before_seq, limit)
+            .await
     }
 
     /// Loads every key into the key ring (start-up, or after losing track of the feed).
@@ -385,10 +504,16 @@ fn validate_name(name: &str) -> Result<String> {
         return Err(Error::attribute("name", "name must not be empty."));
     }
     if count > MAX_NAME_CHARS {
-        return Err(Error::attribute("name", format!("name is at most {MAX_NAME_CHARS} characters; this one has {count}.")));
+        return Err(Error::attribute(
+            "name",
+            format!("name is at most {MAX_NAME_CHARS} characters; this one has {count}."),
+        ));
     }
     if name.chars().any(char::is_control) {
-        return Err(Error::attribute("name", "name must not contain control characters."));
+        return Err(Error::attribute(
+            "name",
+            "name must not contain control characters.",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -404,8 +529,14 @@ fn not_found(id: KeyId) -> Error {
 /// Used by callers that report why a download is impossible.
 pub fn private_key_unavailable_detail(why: PrivateKeyUnavailable) -> &'static str {
     match why {
-        PrivateKeyUnavailable::AlreadyDownloaded => "This private key was already downloaded. keygate keeps no copy; revoke the key and create a new one if it was lost.",
-        PrivateKeyUnavailable::Erased => "This private key was erased unread: it was not downloaded within the download window, or the key was revoked first.",
-        PrivateKeyUnavailable::NeverHeld => "This key was created from a public key you supplied; keygate never held its private key.",
+        PrivateKeyUnavailable::AlreadyDownloaded => {
+            "This private key was already downloaded. keygate keeps no copy; revoke the key and create a new one if it was lost."
+        }
+        PrivateKeyUnavailable::Erased => {
+            "This private key was erased unread: it was not downloaded within the download window, or the key was revoked first."
+        }
+        PrivateKeyUnavailable::NeverHeld => {
+            "This key was created from a public key you supplied; keygate never held its private key."
+        }
     }
 }

@@ -79,7 +79,12 @@ pub trait KeyStore: Send + Sync {
 
     /// Erases every pending private key of a key created before `created_before`, recording an
     /// audit event by `actor` for each. Returns the keys that were erased.
-    async fn erase_stale_private_keys(&self, created_before: UnixTime, now: UnixTime, actor: &Actor) -> Result<Vec<ApiKey>>;
+    async fn erase_stale_private_keys(
+        &self,
+        created_before: UnixTime,
+        now: UnixTime,
+        actor: &Actor,
+    ) -> Result<Vec<ApiKey>>;
 }
 
 /// What a node needs to keep its in-memory verification state current.
@@ -96,7 +101,12 @@ pub trait ChangeFeed: Send + Sync {
 #[async_trait]
 pub trait AuditStore: Send + Sync {
     /// Events of one issuer, newest first, starting below `before_seq`.
-    async fn list_audit_events(&self, issuer: IssuerId, before_seq: Option<i64>, limit: u32) -> Result<Page<AuditEvent>>;
+    async fn list_audit_events(
+        &self,
+        issuer: IssuerId,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<AuditEvent>>;
 }
 
 /// Everything keygate stores, behind one handle.

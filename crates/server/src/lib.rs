@@ -1,1 +1,107 @@
-//! placeholder
+//! keygate's HTTP side: the management API, forward auth, health endpoints, configuration and
+//! the wiring that turns a [`Config`] into a running node.
+//!
+//! This is the only crate that knows HTTP. [`app`] builds the router from an [`AppState`], so
+//! tests can drive it without a socket; [`serve::run`] binds it to a real port.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod jsonapi;
+pub mod master_key;
+pub mod routes;
+pub mod serve;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{any, get};
+use keygate_core::keyset::KeyRing;
+use keygate_core::service::{KeyService, Verifier};
+
+pub use config::Config;
+
+use crate::error::ErrorBody;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub keys: Arc<KeyService>,
+    pub verifier: Arc<Verifier>,
+    pub ring: Arc<KeyRing>,
+}
+
+/// The main listener's router.
+pub fn app(state: AppState) -> Router {
+    use routes::{authz, health, keys};
+    let v1 = Router::new()
+        .route("/issuer", get(keys::get_issuer))
+        .route("/apiKeys", get(keys::list_keys).post(keys::create_key))
+        .route(
+            "/apiKeys/{key_id}",
+            get(keys::get_key).patch(keys::patch_key),
+        )
+        .route(
+            "/apiKeys/{key_id}/privateKey",
+            get(keys::download_private_key),
+        )
+        .layer(middleware::from_fn(no_store));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/authz", any(authz::authz_headers))
+        .route("/authz/{*path}", any(authz::authz_path))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    ErrorBody::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "The specified resource does not exist.",
+        "There is no such route.",
+    )
+    .into_response_with_id()
+}
+
+async fn method_not_allowed() -> Response {
+    ErrorBody::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "The request method is not allowed for this resource.",
+        "This route does not accept this method.",
+    )
+    .into_response_with_id()
+}
+
+/// Management responses describe keys and may carry secrets: never cache them.
+async fn no_store(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    // The path only: never headers or query strings, which may carry credentials.
+    tracing::debug!(%method, path = %path.chars().take(200).collect::<String>(), status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    resp
+}

@@ -46,8 +46,14 @@ mod tests {
             sqlite_path("sqlite://keygate-data/keygate.db"),
             Some(PathBuf::from("keygate-data/keygate.db"))
         );
-        assert_eq!(sqlite_path("sqlite:///tmp/k.db"), Some(PathBuf::from("/tmp/k.db")));
-        assert_eq!(sqlite_path("sqlite:k.db?mode=rwc"), Some(PathBuf::from("k.db")));
+        assert_eq!(
+            sqlite_path("sqlite:///tmp/k.db"),
+            Some(PathBuf::from("/tmp/k.db"))
+        );
+        assert_eq!(
+            sqlite_path("sqlite:k.db?mode=rwc"),
+            Some(PathBuf::from("k.db"))
+        );
         assert_eq!(sqlite_path("postgres://x"), None);
         assert_eq!(sqlite_path("sqlite://"), None);
     }

@@ -106,7 +106,12 @@ impl<'de> Visitor<'de> for JsonVisitor {
                 None => {
                     let dup = out.iter().any(|(k, _)| *k == key);
                     if out.len() >= 16 {
-                        seen = Some(out.iter().map(|(k, _)| k.clone()).chain([key.clone()]).collect());
+                        seen = Some(
+                            out.iter()
+                                .map(|(k, _)| k.clone())
+                                .chain([key.clone()])
+                                .collect(),
+                        );
                     }
                     dup
                 }
@@ -164,13 +169,28 @@ mod tests {
 
     #[test]
     fn keeps_numbers_exact_and_refuses_non_objects() {
-        let m = Json::parse_object(br#"{"i":9223372036854775807,"u":9223372036854775808,"f":1.5,"e":1e3}"#).unwrap();
+        let m = Json::parse_object(
+            br#"{"i":9223372036854775807,"u":9223372036854775808,"f":1.5,"e":1e3}"#,
+        )
+        .unwrap();
         assert_eq!(member(&m, "i"), Some(&Json::Int(i64::MAX)));
         assert_eq!(member(&m, "u"), Some(&Json::OtherNumber));
         assert_eq!(member(&m, "f"), Some(&Json::OtherNumber));
         assert_eq!(member(&m, "e"), Some(&Json::OtherNumber));
-        for bad in [&b"[]"[..], b"1", b"\"x\"", b"{} {}", b"{", b"", b"{\"a\":1,}"] {
-            assert!(Json::parse_object(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"[]"[..],
+            b"1",
+            b"\"x\"",
+            b"{} {}",
+            b"{",
+            b"",
+            b"{\"a\":1,}",
+        ] {
+            assert!(
+                Json::parse_object(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(1000), "]".repeat(1000));
         assert!(Json::parse_object(deep.as_bytes()).is_none());

@@ -109,16 +109,26 @@ fn int_claim(claims: &[(Cow<'_, str>, Json<'_>)], name: &str) -> Result<Option<i
         Some(Json::Int(v)) => Ok(Some(*v)),
         Some(other) => Err(malformed(format!(
             "The {name} claim must be an integer number of seconds since the epoch, not {}.",
-            if matches!(other, Json::OtherNumber) { "a fraction or an out-of-range number" } else { other.type_name() }
+            if matches!(other, Json::OtherNumber) {
+                "a fraction or an out-of-range number"
+            } else {
+                other.type_name()
+            }
         ))),
     }
 }
 
-fn str_claim<'m>(claims: &'m [(Cow<'_, str>, Json<'_>)], name: &str) -> Result<Option<&'m str>, AuthFailure> {
+fn str_claim<'m>(
+    claims: &'m [(Cow<'_, str>, Json<'_>)],
+    name: &str,
+) -> Result<Option<&'m str>, AuthFailure> {
     match member(claims, name) {
         None => Ok(None),
         Some(Json::Str(s)) => Ok(Some(s)),
-        Some(other) => Err(malformed(format!("The {name} claim must be a string, not {}.", other.type_name()))),
+        Some(other) => Err(malformed(format!(
+            "The {name} claim must be a string, not {}.",
+            other.type_name()
+        ))),
     }
 }
 
@@ -134,15 +144,22 @@ pub fn verify(
     if token.len() > MAX_TOKEN_BYTES {
         return Err(fail(
             AuthReason::TokenTooLarge,
-            format!("The token is {} bytes; the limit is {MAX_TOKEN_BYTES}.", token.len()),
+            format!(
+                "The token is {} bytes; the limit is {MAX_TOKEN_BYTES}.",
+                token.len()
+            ),
         ));
     }
     if token.is_empty() {
         return Err(fail(AuthReason::TokenMissing, "The bearer token is empty."));
     }
     let mut parts = token.split('.');
-    let (Some(h64), Some(p64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(malformed("A token has exactly three dot-separated parts: header.payload.signature."));
+    let (Some(h64), Some(p64), Some(s64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed(
+            "A token has exactly three dot-separated parts: header.payload.signature.",
+        ));
     };
     let signing_input_len = h64.len() + 1 + p64.len();
 
@@ -155,7 +172,9 @@ pub fn verify(
     let header = Json::parse_object(&header_bytes)
         .ok_or_else(|| malformed("The header is not a JSON object with unique member names."))?;
     if member(&header, "crit").is_some() {
-        return Err(malformed("The header has a crit member; keygate supports no critical extensions."));
+        return Err(malformed(
+            "The header has a crit member; keygate supports no critical extensions.",
+        ));
     }
     let alg = match member(&header, "alg") {
         Some(Json::Str(s)) => s.as_ref(),
@@ -177,8 +196,15 @@ pub fn verify(
     let key = KeyId::parse(kid)
         .and_then(|id| keys.get(&id))
         .ok_or_else(|| {
-            let shown = if KeyId::parse(kid).is_some() { format!("{kid:?}") } else { "in kid (not a key ID)".to_owned() };
-            fail(AuthReason::UnknownKey, format!("No API key has the ID {shown}."))
+            let shown = if KeyId::parse(kid).is_some() {
+                format!("{kid:?}")
+            } else {
+                "in kid (not a key ID)".to_owned()
+            };
+            fail(
+                AuthReason::UnknownKey,
+                format!("No API key has the ID {shown}."),
+            )
         })?;
     if alg != key.algorithm.as_str() {
         return Err(fail(
@@ -203,7 +229,10 @@ pub fn verify(
             ),
         ));
     }
-    let signing_input = token.as_bytes().get(..signing_input_len).unwrap_or_default();
+    let signing_input = token
+        .as_bytes()
+        .get(..signing_input_len)
+        .unwrap_or_default();
     if !key.verify_signature(signing_input, &signature) {
         return Err(fail(
             AuthReason::BadSignature,
@@ -213,16 +242,25 @@ pub fn verify(
 
     // Key status.
     if key.revoked {
-        return Err(fail(AuthReason::KeyRevoked, format!("Key {} has been revoked.", key.id)));
+        return Err(fail(
+            AuthReason::KeyRevoked,
+            format!("Key {} has been revoked.", key.id),
+        ));
     }
     if !key.usable {
         return Err(fail(
             AuthReason::KeyRevoked,
-            format!("Key {}'s private key was never downloaded and has been erased.", key.id),
+            format!(
+                "Key {}'s private key was never downloaded and has been erased.",
+                key.id
+            ),
         ));
     }
     if let Some(exp) = key.expires_at.filter(|e| *e <= now) {
-        return Err(fail(AuthReason::KeyExpired, format!("Key {} expired at {}.", key.id, rfc3339(exp))));
+        return Err(fail(
+            AuthReason::KeyExpired,
+            format!("Key {} expired at {}.", key.id, rfc3339(exp)),
+        ));
     }
 
     // Claims.
@@ -234,25 +272,43 @@ pub fn verify(
     match key.key_type {
         KeyType::Team => {
             if sub == Some("user") {
-                return Err(fail(AuthReason::WrongIssuer, "sub \"user\" is for individual keys; this is a team key."));
+                return Err(fail(
+                    AuthReason::WrongIssuer,
+                    "sub \"user\" is for individual keys; this is a team key.",
+                ));
             }
             match iss {
                 Some(i) if i == key.issuer_text => {}
                 Some(i) => {
                     return Err(fail(
                         AuthReason::WrongIssuer,
-                        format!("The iss claim {:?} is not the issuer ID of key {}.", shorten(i, 40), key.id),
+                        format!(
+                            "The iss claim {:?} is not the issuer ID of key {}.",
+                            shorten(i, 40),
+                            key.id
+                        ),
                     ));
                 }
-                None => return Err(fail(AuthReason::WrongIssuer, "A team key's token needs iss: the issuer ID.")),
+                None => {
+                    return Err(fail(
+                        AuthReason::WrongIssuer,
+                        "A team key's token needs iss: the issuer ID.",
+                    ));
+                }
             }
         }
         KeyType::Individual => {
             if iss.is_some() {
-                return Err(fail(AuthReason::WrongIssuer, "An individual key's token must not carry iss."));
+                return Err(fail(
+                    AuthReason::WrongIssuer,
+                    "An individual key's token must not carry iss.",
+                ));
             }
             if sub != Some("user") {
-                return Err(fail(AuthReason::WrongIssuer, "An individual key's token needs sub \"user\"."));
+                return Err(fail(
+                    AuthReason::WrongIssuer,
+                    "An individual key's token needs sub \"user\".",
+                ));
             }
         }
     }
@@ -264,14 +320,25 @@ pub fn verify(
         Some(Json::Str(_) | Json::Array(_)) => {
             return Err(fail(
                 AuthReason::WrongAudience,
-                format!("The aud claim must be one of: {}.", rules.audiences.join(", ")),
+                format!(
+                    "The aud claim must be one of: {}.",
+                    rules.audiences.join(", ")
+                ),
             ));
         }
-        Some(other) => return Err(malformed(format!("The aud claim must be a string or an array, not {}.", other.type_name()))),
+        Some(other) => {
+            return Err(malformed(format!(
+                "The aud claim must be a string or an array, not {}.",
+                other.type_name()
+            )));
+        }
         None => {
             return Err(fail(
                 AuthReason::WrongAudience,
-                format!("The token has no aud claim; expected one of: {}.", rules.audiences.join(", ")),
+                format!(
+                    "The token has no aud claim; expected one of: {}.",
+                    rules.audiences.join(", ")
+                ),
             ));
         }
     }
@@ -280,7 +347,12 @@ pub fn verify(
     if exp <= now.saturating_sub(rules.leeway) {
         return Err(fail(
             AuthReason::TokenExpired,
-            format!("The token expired at {} (server time {}, leeway {} s).", rfc3339(exp), rfc3339(now), rules.leeway),
+            format!(
+                "The token expired at {} (server time {}, leeway {} s).",
+                rfc3339(exp),
+                rfc3339(now),
+                rules.leeway
+            ),
         ));
     }
     if let Some(nbf) = int_claim(&claims, "nbf")?
@@ -288,7 +360,11 @@ pub fn verify(
     {
         return Err(fail(
             AuthReason::NotYetValid,
-            format!("The token is not valid before {} (server time {}).", rfc3339(nbf), rfc3339(now)),
+            format!(
+                "The token is not valid before {} (server time {}).",
+                rfc3339(nbf),
+                rfc3339(now)
+            ),
         ));
     }
     let iat = int_claim(&claims, "iat")?;
@@ -315,11 +391,17 @@ pub fn verify(
                     Json::Str(s) => ScopeEntry::parse(s),
                     _ => None,
                 };
-                entries.push(parsed.ok_or_else(|| malformed("Each scope entry must be a string \"METHOD /path?query\"."))?);
+                entries.push(parsed.ok_or_else(|| {
+                    malformed("Each scope entry must be a string \"METHOD /path?query\".")
+                })?);
             }
             Some(entries)
         }
-        Some(_) => return Err(malformed("The scope claim must be a non-empty array of \"METHOD /path?query\" strings.")),
+        Some(_) => {
+            return Err(malformed(
+                "The scope claim must be a non-empty array of \"METHOD /path?query\" strings.",
+            ));
+        }
     };
 
     // Lifetime: exp - iat, or exp - now when iat is absent (then the client's clock skew is part
@@ -332,17 +414,25 @@ pub fn verify(
         return Err(malformed("The exp claim is before the iat claim."));
     }
     if lifetime > rules.max_lifetime.saturating_add(allowance) {
-        let long_lived = scope.as_deref().is_some_and(|s| policy.long_lived_scope(&key.roles, s));
+        let long_lived = scope
+            .as_deref()
+            .is_some_and(|s| policy.long_lived_scope(&key.roles, s));
         if !long_lived || lifetime > rules.max_long_lived_lifetime.saturating_add(allowance) {
             let why = if long_lived {
-                format!("long-lived tokens live at most {} s", rules.max_long_lived_lifetime)
+                format!(
+                    "long-lived tokens live at most {} s",
+                    rules.max_long_lived_lifetime
+                )
             } else {
                 format!(
                     "the limit is {} s (longer lifetimes need a scope of only GET requests on long-lived paths)",
                     rules.max_lifetime
                 )
             };
-            return Err(fail(AuthReason::LifetimeTooLong, format!("The token lives {lifetime} s; {why}.")));
+            return Err(fail(
+                AuthReason::LifetimeTooLong,
+                format!("The token lives {lifetime} s; {why}."),
+            ));
         }
     }
 

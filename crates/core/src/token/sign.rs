@@ -40,13 +40,14 @@ impl Signer {
     pub fn from_pem(pem: &PrivateKeyPem) -> Result<Self, SignError> {
         let der = pem.der().map_err(|_| SignError::BadKey)?;
         let rng = SystemRandom::new();
-        let key = if let Ok(k) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng) {
-            SignerKey::Es256(k)
-        } else if let Ok(k) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der) {
-            SignerKey::EdDsa(k)
-        } else {
-            return Err(SignError::BadKey);
-        };
+        let key =
+            if let Ok(k) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng) {
+                SignerKey::Es256(k)
+            } else if let Ok(k) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der) {
+                SignerKey::EdDsa(k)
+            } else {
+                return Err(SignError::BadKey);
+            };
         Ok(Self { key, rng })
     }
 
@@ -64,7 +65,11 @@ impl Signer {
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(claims_json, &mut out);
         let sig = match &self.key {
-            SignerKey::Es256(k) => k.sign(&self.rng, out.as_bytes()).map_err(|_| SignError::Failed)?.as_ref().to_vec(),
+            SignerKey::Es256(k) => k
+                .sign(&self.rng, out.as_bytes())
+                .map_err(|_| SignError::Failed)?
+                .as_ref()
+                .to_vec(),
             SignerKey::EdDsa(k) => k.sign(out.as_bytes()).as_ref().to_vec(),
         };
         out.push('.');
@@ -74,7 +79,11 @@ impl Signer {
 }
 
 /// Signs a token for key `kid` with the standard header (`alg`, `kid`, `typ: JWT`).
-pub fn sign_jwt(signer: &Signer, kid: &str, claims: &serde_json::Value) -> Result<String, SignError> {
+pub fn sign_jwt(
+    signer: &Signer,
+    kid: &str,
+    claims: &serde_json::Value,
+) -> Result<String, SignError> {
     let header = serde_json::json!({"alg": signer.algorithm().as_str(), "kid": kid, "typ": "JWT"});
     signer.sign_raw(header.to_string().as_bytes(), claims.to_string().as_bytes())
 }

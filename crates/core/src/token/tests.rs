@@ -26,7 +26,12 @@ struct Fixture {
     erased: (KeyId, Signer),
 }
 
-fn make_key(issuer: IssuerId, alg: Algorithm, key_type: KeyType, roles: &[&str]) -> (ApiKey, Signer) {
+fn make_key(
+    issuer: IssuerId,
+    alg: Algorithm,
+    key_type: KeyType,
+    roles: &[&str],
+) -> (ApiKey, Signer) {
     let pair = generate_key_pair(alg).unwrap();
     let key = ApiKey {
         id: KeyId::generate().unwrap(),
@@ -52,7 +57,12 @@ fn fixture() -> Fixture {
     let (team, team_s) = make_key(issuer, Algorithm::Es256, KeyType::Team, &["DEVELOPER"]);
     let (finance, finance_s) = make_key(issuer, Algorithm::Es256, KeyType::Team, &["FINANCE"]);
     let (ed, ed_s) = make_key(issuer, Algorithm::EdDsa, KeyType::Team, &["DEVELOPER"]);
-    let (individual, individual_s) = make_key(issuer, Algorithm::Es256, KeyType::Individual, &["DEVELOPER"]);
+    let (individual, individual_s) = make_key(
+        issuer,
+        Algorithm::Es256,
+        KeyType::Individual,
+        &["DEVELOPER"],
+    );
     let (mut revoked, revoked_s) = make_key(issuer, Algorithm::Es256, KeyType::Team, &["ADMIN"]);
     revoked.revoked_at = Some(NOW - 10);
     let (mut expired, expired_s) = make_key(issuer, Algorithm::Es256, KeyType::Team, &["ADMIN"]);
@@ -60,7 +70,18 @@ fn fixture() -> Fixture {
     let (mut erased, erased_s) = make_key(issuer, Algorithm::Es256, KeyType::Team, &["ADMIN"]);
     erased.private_key = PrivateKeyState::Erased(NOW - 5);
     let ring = KeyRing::new();
-    ring.replace_all(&[team.clone(), finance.clone(), ed.clone(), individual.clone(), revoked.clone(), expired.clone(), erased.clone()], 1);
+    ring.replace_all(
+        &[
+            team.clone(),
+            finance.clone(),
+            ed.clone(),
+            individual.clone(),
+            revoked.clone(),
+            expired.clone(),
+            erased.clone(),
+        ],
+        1,
+    );
 
     let mut roles = std::collections::BTreeMap::new();
     roles.insert(
@@ -126,23 +147,43 @@ fn build(f: &Fixture, tok: &Tok) -> String {
             if claims.get("iss") == Some(&json!("$ISSUER")) {
                 claims["iss"] = json!(f.issuer);
             }
-            f.team.1.sign_raw(header.to_string().as_bytes(), claims.to_string().as_bytes()).unwrap()
+            f.team
+                .1
+                .sign_raw(header.to_string().as_bytes(), claims.to_string().as_bytes())
+                .unwrap()
         }
         Tok::Mangle(m) => m(sign_jwt(&f.team.1, f.team.0.as_str(), &asc_claims(f)).unwrap()),
         Tok::Raw(make) => {
             let (header, payload) = make(f);
-            f.team.1.sign_raw(header.as_bytes(), payload.as_bytes()).unwrap()
+            f.team
+                .1
+                .sign_raw(header.as_bytes(), payload.as_bytes())
+                .unwrap()
         }
     }
 }
 
-fn team(f: &Fixture) -> &(KeyId, Signer) { &f.team }
-fn finance(f: &Fixture) -> &(KeyId, Signer) { &f.finance }
-fn ed(f: &Fixture) -> &(KeyId, Signer) { &f.ed }
-fn individual(f: &Fixture) -> &(KeyId, Signer) { &f.individual }
-fn revoked(f: &Fixture) -> &(KeyId, Signer) { &f.revoked }
-fn expired(f: &Fixture) -> &(KeyId, Signer) { &f.expired }
-fn erased(f: &Fixture) -> &(KeyId, Signer) { &f.erased }
+fn team(f: &Fixture) -> &(KeyId, Signer) {
+    &f.team
+}
+fn finance(f: &Fixture) -> &(KeyId, Signer) {
+    &f.finance
+}
+fn ed(f: &Fixture) -> &(KeyId, Signer) {
+    &f.ed
+}
+fn individual(f: &Fixture) -> &(KeyId, Signer) {
+    &f.individual
+}
+fn revoked(f: &Fixture) -> &(KeyId, Signer) {
+    &f.revoked
+}
+fn expired(f: &Fixture) -> &(KeyId, Signer) {
+    &f.expired
+}
+fn erased(f: &Fixture) -> &(KeyId, Signer) {
+    &f.erased
+}
 
 fn claims(exp: i64, iat: Option<i64>) -> Value {
     let mut c = json!({"iss": "$ISSUER", "aud": "appstoreconnect-v1", "exp": NOW + exp});
@@ -171,137 +212,583 @@ fn token_rules_table() {
     let std_claims = claims(1200, None);
     let rows: Vec<(&str, Tok, Option<AuthReason>)> = vec![
         // Real client shapes.
-        ("ASC shape: no iat, bid, 1200 s", Tok::Claims(team, json!({"iss": "$ISSUER", "exp": NOW + 1200, "aud": "appstoreconnect-v1", "bid": "com.example.app"})), ok),
-        ("lifetime 300 s with iat", Tok::Claims(team, claims(300, Some(0))), ok),
-        ("lifetime 1200 s with iat", Tok::Claims(team, claims(1200, Some(0))), ok),
-        ("lifetime 1200 s, iat 10 min ago", Tok::Claims(team, claims(600, Some(-600))), ok),
-        ("lifetime 1201 s with iat", Tok::Claims(team, claims(1201, Some(0))), Some(LifetimeTooLong)),
-        ("no iat: exp - now within cap + leeway", Tok::Claims(team, claims(1260, None)), ok),
-        ("no iat: exp - now over cap + leeway", Tok::Claims(team, claims(1261, None)), Some(LifetimeTooLong)),
-        ("aud as array with one accepted", Tok::Claims(team, with(std_claims.clone(), "aud", json!(["x", "keygate-v1"]))), ok),
-        ("unknown claims ignored", Tok::Claims(team, with(std_claims.clone(), "whatever", json!({"a": [1, 2]}))), ok),
+        (
+            "ASC shape: no iat, bid, 1200 s",
+            Tok::Claims(
+                team,
+                json!({"iss": "$ISSUER", "exp": NOW + 1200, "aud": "appstoreconnect-v1", "bid": "com.example.app"}),
+            ),
+            ok,
+        ),
+        (
+            "lifetime 300 s with iat",
+            Tok::Claims(team, claims(300, Some(0))),
+            ok,
+        ),
+        (
+            "lifetime 1200 s with iat",
+            Tok::Claims(team, claims(1200, Some(0))),
+            ok,
+        ),
+        (
+            "lifetime 1200 s, iat 10 min ago",
+            Tok::Claims(team, claims(600, Some(-600))),
+            ok,
+        ),
+        (
+            "lifetime 1201 s with iat",
+            Tok::Claims(team, claims(1201, Some(0))),
+            Some(LifetimeTooLong),
+        ),
+        (
+            "no iat: exp - now within cap + leeway",
+            Tok::Claims(team, claims(1260, None)),
+            ok,
+        ),
+        (
+            "no iat: exp - now over cap + leeway",
+            Tok::Claims(team, claims(1261, None)),
+            Some(LifetimeTooLong),
+        ),
+        (
+            "aud as array with one accepted",
+            Tok::Claims(
+                team,
+                with(std_claims.clone(), "aud", json!(["x", "keygate-v1"])),
+            ),
+            ok,
+        ),
+        (
+            "unknown claims ignored",
+            Tok::Claims(
+                team,
+                with(std_claims.clone(), "whatever", json!({"a": [1, 2]})),
+            ),
+            ok,
+        ),
         ("EdDSA key", Tok::Claims(ed, std_claims.clone()), ok),
-        ("individual key: sub user, no iss", Tok::Claims(individual, json!({"sub": "user", "aud": "keygate-v1", "exp": NOW + 600})), ok),
-        ("jku header is ignored, never fetched", Tok::Header(json!({"alg": "ES256", "jku": "http://127.0.0.1:1/jwks"}), std_claims.clone()), ok),
-        ("typ jwt lower case", Tok::Header(json!({"alg": "ES256", "typ": "jwt"}), std_claims.clone()), ok),
+        (
+            "individual key: sub user, no iss",
+            Tok::Claims(
+                individual,
+                json!({"sub": "user", "aud": "keygate-v1", "exp": NOW + 600}),
+            ),
+            ok,
+        ),
+        (
+            "jku header is ignored, never fetched",
+            Tok::Header(
+                json!({"alg": "ES256", "jku": "http://127.0.0.1:1/jwks"}),
+                std_claims.clone(),
+            ),
+            ok,
+        ),
+        (
+            "typ jwt lower case",
+            Tok::Header(json!({"alg": "ES256", "typ": "jwt"}), std_claims.clone()),
+            ok,
+        ),
         // Time.
-        ("expired beyond leeway", Tok::Claims(team, claims(-61, None)), Some(TokenExpired)),
-        ("expired exactly at now - leeway", Tok::Claims(team, claims(-60, None)), Some(TokenExpired)),
-        ("expired within leeway", Tok::Claims(team, claims(-59, Some(-600))), ok),
-        ("negative exp", Tok::Claims(team, with(std_claims.clone(), "exp", json!(-5))), Some(TokenExpired)),
-        ("iat in the future beyond leeway", Tok::Claims(team, claims(1000, Some(61))), Some(IssuedInFuture)),
-        ("iat in the future within leeway", Tok::Claims(team, claims(1000, Some(59))), ok),
-        ("nbf in the future", Tok::Claims(team, with(std_claims.clone(), "nbf", json!(NOW + 61))), Some(NotYetValid)),
-        ("nbf within leeway", Tok::Claims(team, with(std_claims.clone(), "nbf", json!(NOW + 30))), ok),
-        ("exp before iat", Tok::Claims(team, claims(10, Some(20))), Some(TokenMalformed)),
-        ("exp huge", Tok::Claims(team, with(std_claims.clone(), "exp", json!(i64::MAX))), Some(LifetimeTooLong)),
-        ("exp beyond i64", Tok::Header(json!({"alg": "ES256"}), with(std_claims.clone(), "exp", json!(u64::MAX))), Some(TokenMalformed)),
-        ("exp as string", Tok::Claims(team, with(std_claims.clone(), "exp", json!("1795688400"))), Some(TokenMalformed)),
-        ("exp as float", Tok::Claims(team, with(std_claims.clone(), "exp", json!(1_795_688_400.5))), Some(TokenMalformed)),
-        ("exp missing", Tok::Claims(team, without(std_claims.clone(), "exp")), Some(TokenMalformed)),
-        ("iat as string", Tok::Claims(team, with(std_claims.clone(), "iat", json!("now"))), Some(TokenMalformed)),
+        (
+            "expired beyond leeway",
+            Tok::Claims(team, claims(-61, None)),
+            Some(TokenExpired),
+        ),
+        (
+            "expired exactly at now - leeway",
+            Tok::Claims(team, claims(-60, None)),
+            Some(TokenExpired),
+        ),
+        (
+            "expired within leeway",
+            Tok::Claims(team, claims(-59, Some(-600))),
+            ok,
+        ),
+        (
+            "negative exp",
+            Tok::Claims(team, with(std_claims.clone(), "exp", json!(-5))),
+            Some(TokenExpired),
+        ),
+        (
+            "iat in the future beyond leeway",
+            Tok::Claims(team, claims(1000, Some(61))),
+            Some(IssuedInFuture),
+        ),
+        (
+            "iat in the future within leeway",
+            Tok::Claims(team, claims(1000, Some(59))),
+            ok,
+        ),
+        (
+            "nbf in the future",
+            Tok::Claims(team, with(std_claims.clone(), "nbf", json!(NOW + 61))),
+            Some(NotYetValid),
+        ),
+        (
+            "nbf within leeway",
+            Tok::Claims(team, with(std_claims.clone(), "nbf", json!(NOW + 30))),
+            ok,
+        ),
+        (
+            "exp before iat",
+            Tok::Claims(team, claims(10, Some(20))),
+            Some(TokenMalformed),
+        ),
+        (
+            "exp huge",
+            Tok::Claims(team, with(std_claims.clone(), "exp", json!(i64::MAX))),
+            Some(LifetimeTooLong),
+        ),
+        (
+            "exp beyond i64",
+            Tok::Header(
+                json!({"alg": "ES256"}),
+                with(std_claims.clone(), "exp", json!(u64::MAX)),
+            ),
+            Some(TokenMalformed),
+        ),
+        (
+            "exp as string",
+            Tok::Claims(team, with(std_claims.clone(), "exp", json!("1795688400"))),
+            Some(TokenMalformed),
+        ),
+        (
+            "exp as float",
+            Tok::Claims(
+                team,
+                with(std_claims.clone(), "exp", json!(1_795_688_400.5)),
+            ),
+            Some(TokenMalformed),
+        ),
+        (
+            "exp missing",
+            Tok::Claims(team, without(std_claims.clone(), "exp")),
+            Some(TokenMalformed),
+        ),
+        (
+            "iat as string",
+            Tok::Claims(team, with(std_claims.clone(), "iat", json!("now"))),
+            Some(TokenMalformed),
+        ),
         // Issuer, audience, subject.
-        ("wrong iss", Tok::Claims(team, with(std_claims.clone(), "iss", json!("57246542-96fe-1a63-e053-0824d011072a"))), Some(WrongIssuer)),
-        ("missing iss on team key", Tok::Claims(team, without(std_claims.clone(), "iss")), Some(WrongIssuer)),
-        ("iss as number", Tok::Claims(team, with(std_claims.clone(), "iss", json!(7))), Some(TokenMalformed)),
-        ("team key with sub user", Tok::Claims(team, with(std_claims.clone(), "sub", json!("user"))), Some(WrongIssuer)),
-        ("individual key with iss", Tok::Claims(individual, json!({"iss": "$ISSUER", "sub": "user", "aud": "keygate-v1", "exp": NOW + 600})), Some(WrongIssuer)),
-        ("individual key without sub", Tok::Claims(individual, json!({"aud": "keygate-v1", "exp": NOW + 600})), Some(WrongIssuer)),
-        ("wrong aud", Tok::Claims(team, with(std_claims.clone(), "aud", json!("other-v1"))), Some(WrongAudience)),
-        ("aud array with none accepted", Tok::Claims(team, with(std_claims.clone(), "aud", json!(["a", "b"]))), Some(WrongAudience)),
-        ("aud missing", Tok::Claims(team, without(std_claims.clone(), "aud")), Some(WrongAudience)),
-        ("aud as number", Tok::Claims(team, with(std_claims.clone(), "aud", json!(1))), Some(TokenMalformed)),
+        (
+            "wrong iss",
+            Tok::Claims(
+                team,
+                with(
+                    std_claims.clone(),
+                    "iss",
+                    json!("57246542-96fe-1a63-e053-0824d011072a"),
+                ),
+            ),
+            Some(WrongIssuer),
+        ),
+        (
+            "missing iss on team key",
+            Tok::Claims(team, without(std_claims.clone(), "iss")),
+            Some(WrongIssuer),
+        ),
+        (
+            "iss as number",
+            Tok::Claims(team, with(std_claims.clone(), "iss", json!(7))),
+            Some(TokenMalformed),
+        ),
+        (
+            "team key with sub user",
+            Tok::Claims(team, with(std_claims.clone(), "sub", json!("user"))),
+            Some(WrongIssuer),
+        ),
+        (
+            "individual key with iss",
+            Tok::Claims(
+                individual,
+                json!({"iss": "$ISSUER", "sub": "user", "aud": "keygate-v1", "exp": NOW + 600}),
+            ),
+            Some(WrongIssuer),
+        ),
+        (
+            "individual key without sub",
+            Tok::Claims(individual, json!({"aud": "keygate-v1", "exp": NOW + 600})),
+            Some(WrongIssuer),
+        ),
+        (
+            "wrong aud",
+            Tok::Claims(team, with(std_claims.clone(), "aud", json!("other-v1"))),
+            Some(WrongAudience),
+        ),
+        (
+            "aud array with none accepted",
+            Tok::Claims(team, with(std_claims.clone(), "aud", json!(["a", "b"]))),
+            Some(WrongAudience),
+        ),
+        (
+            "aud missing",
+            Tok::Claims(team, without(std_claims.clone(), "aud")),
+            Some(WrongAudience),
+        ),
+        (
+            "aud as number",
+            Tok::Claims(team, with(std_claims.clone(), "aud", json!(1))),
+            Some(TokenMalformed),
+        ),
         // Key status.
-        ("revoked key", Tok::Claims(revoked, std_claims.clone()), Some(KeyRevoked)),
-        ("expired key", Tok::Claims(expired, std_claims.clone()), Some(KeyExpired)),
-        ("erased key", Tok::Claims(erased, std_claims.clone()), Some(KeyRevoked)),
+        (
+            "revoked key",
+            Tok::Claims(revoked, std_claims.clone()),
+            Some(KeyRevoked),
+        ),
+        (
+            "expired key",
+            Tok::Claims(expired, std_claims.clone()),
+            Some(KeyExpired),
+        ),
+        (
+            "erased key",
+            Tok::Claims(erased, std_claims.clone()),
+            Some(KeyRevoked),
+        ),
         // Header and algorithm.
-        ("alg none", Tok::Header(json!({"alg": "none"}), std_claims.clone()), Some(AlgorithmNotAllowed)),
-        ("alg HS256", Tok::Header(json!({"alg": "HS256"}), std_claims.clone()), Some(AlgorithmNotAllowed)),
-        ("alg RS256", Tok::Header(json!({"alg": "RS256"}), std_claims.clone()), Some(AlgorithmNotAllowed)),
-        ("alg EdDSA on a P-256 key", Tok::Header(json!({"alg": "EdDSA"}), std_claims.clone()), Some(AlgorithmNotAllowed)),
-        ("alg lower case es256", Tok::Header(json!({"alg": "es256"}), std_claims.clone()), Some(AlgorithmNotAllowed)),
-        ("alg missing", Tok::Header(json!({"typ": "JWT"}), std_claims.clone()), Some(TokenMalformed)),
-        ("crit header", Tok::Header(json!({"alg": "ES256", "crit": ["exp"]}), std_claims.clone()), Some(TokenMalformed)),
-        ("typ not JWT", Tok::Header(json!({"alg": "ES256", "typ": "JWE"}), std_claims.clone()), Some(TokenMalformed)),
-        ("kid unknown", Tok::Header(json!({"alg": "ES256", "kid": "ZZZZZZZZZZ"}), std_claims.clone()), Some(UnknownKey)),
-        ("kid path traversal", Tok::Header(json!({"alg": "ES256", "kid": "../../etc/passwd"}), std_claims.clone()), Some(UnknownKey)),
-        ("kid SQL injection", Tok::Header(json!({"alg": "ES256", "kid": "' OR 1=1 --"}), std_claims.clone()), Some(UnknownKey)),
-        ("kid empty", Tok::Header(json!({"alg": "ES256", "kid": ""}), std_claims.clone()), Some(UnknownKey)),
-        ("kid as number", Tok::Header(json!({"alg": "ES256", "kid": 5}), std_claims.clone()), Some(TokenMalformed)),
+        (
+            "alg none",
+            Tok::Header(json!({"alg": "none"}), std_claims.clone()),
+            Some(AlgorithmNotAllowed),
+        ),
+        (
+            "alg HS256",
+            Tok::Header(json!({"alg": "HS256"}), std_claims.clone()),
+            Some(AlgorithmNotAllowed),
+        ),
+        (
+            "alg RS256",
+            Tok::Header(json!({"alg": "RS256"}), std_claims.clone()),
+            Some(AlgorithmNotAllowed),
+        ),
+        (
+            "alg EdDSA on a P-256 key",
+            Tok::Header(json!({"alg": "EdDSA"}), std_claims.clone()),
+            Some(AlgorithmNotAllowed),
+        ),
+        (
+            "alg lower case es256",
+            Tok::Header(json!({"alg": "es256"}), std_claims.clone()),
+            Some(AlgorithmNotAllowed),
+        ),
+        (
+            "alg missing",
+            Tok::Header(json!({"typ": "JWT"}), std_claims.clone()),
+            Some(TokenMalformed),
+        ),
+        (
+            "crit header",
+            Tok::Header(json!({"alg": "ES256", "crit": ["exp"]}), std_claims.clone()),
+            Some(TokenMalformed),
+        ),
+        (
+            "typ not JWT",
+            Tok::Header(json!({"alg": "ES256", "typ": "JWE"}), std_claims.clone()),
+            Some(TokenMalformed),
+        ),
+        (
+            "kid unknown",
+            Tok::Header(
+                json!({"alg": "ES256", "kid": "ZZZZZZZZZZ"}),
+                std_claims.clone(),
+            ),
+            Some(UnknownKey),
+        ),
+        (
+            "kid path traversal",
+            Tok::Header(
+                json!({"alg": "ES256", "kid": "../../etc/passwd"}),
+                std_claims.clone(),
+            ),
+            Some(UnknownKey),
+        ),
+        (
+            "kid SQL injection",
+            Tok::Header(
+                json!({"alg": "ES256", "kid": "' OR 1=1 --"}),
+                std_claims.clone(),
+            ),
+            Some(UnknownKey),
+        ),
+        (
+            "kid empty",
+            Tok::Header(json!({"alg": "ES256", "kid": ""}), std_claims.clone()),
+            Some(UnknownKey),
+        ),
+        (
+            "kid as number",
+            Tok::Header(json!({"alg": "ES256", "kid": 5}), std_claims.clone()),
+            Some(TokenMalformed),
+        ),
         // Encoding.
-        ("empty token", Tok::Mangle(|_| String::new()), Some(TokenMissing)),
-        ("two parts", Tok::Mangle(|t| t.rsplitn(2, '.').nth(1).unwrap().to_owned()), Some(TokenMalformed)),
-        ("four parts", Tok::Mangle(|t| format!("{t}.")), Some(TokenMalformed)),
-        ("empty signature", Tok::Mangle(|t| format!("{}.", t.rsplitn(2, '.').nth(1).unwrap())), Some(BadSignature)),
-        ("padding on signature", Tok::Mangle(|t| format!("{t}==")), Some(TokenMalformed)),
-        ("standard base64 alphabet", Tok::Mangle(|t| t.replace('-', "+").replace('_', "/") + if t.contains(['-', '_']) { "" } else { "+" }), Some(TokenMalformed)),
-        ("non-ASCII", Tok::Mangle(|t| format!("é{t}")), Some(TokenMalformed)),
-        ("whitespace inside", Tok::Mangle(|t| t.replacen('.', ". ", 1)), Some(TokenMalformed)),
-        ("tampered payload", Tok::Mangle(|t| {
-            let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
-            let claims = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
-            parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.replace("com.example.app", "com.evil.app"));
-            parts.join(".")
-        }), Some(BadSignature)),
-        ("non-canonical base64 in signature", Tok::Mangle(|t| {
-            // 64 bytes encode to 86 chars; the last char carries 2 unused bits. Set them.
-            let (head, sig) = t.rsplit_once('.').unwrap();
-            let mut sig = sig.to_owned();
-            let last = sig.pop().unwrap();
-            let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let idx = alphabet.find(last).unwrap();
-            sig.push(alphabet.chars().nth(idx | 1).unwrap());
-            if idx | 1 == idx { sig.pop(); sig.push(alphabet.chars().nth(idx | 2).unwrap()); }
-            format!("{head}.{sig}")
-        }), Some(TokenMalformed)),
-        ("DER-encoded signature", Tok::Mangle(|t| {
-            let (head, sig) = t.rsplit_once('.').unwrap();
-            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).unwrap();
-            let mut der = vec![0x30, 0x46, 0x02, 0x21, 0x00];
-            der.extend_from_slice(&raw[..32]);
-            der.extend_from_slice(&[0x02, 0x21, 0x00]);
-            der.extend_from_slice(&raw[32..]);
-            format!("{head}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(der))
-        }), Some(BadSignature)),
-        ("over 8 KiB", Tok::Claims(team, with(std_claims.clone(), "pad", json!("x".repeat(8200)))), Some(TokenTooLarge)),
-        ("duplicate exp", Tok::Raw(|f| (
-            format!(r#"{{"alg":"ES256","kid":"{}"}}"#, f.team.0),
-            format!(r#"{{"iss":"{}","aud":"keygate-v1","exp":{},"exp":{}}}"#, f.issuer, NOW - 9999, NOW + 600),
-        )), Some(TokenMalformed)),
-        ("duplicate alg in header", Tok::Raw(|f| (
-            format!(r#"{{"alg":"none","kid":"{}","alg":"ES256"}}"#, f.team.0),
-            format!(r#"{{"iss":"{}","aud":"keygate-v1","exp":{}}}"#, f.issuer, NOW + 600),
-        )), Some(TokenMalformed)),
-        ("payload not an object", Tok::Header(json!({"alg": "ES256"}), json!([1, 2])), Some(TokenMalformed)),
-        ("deeply nested claim", Tok::Raw(|f| (
-            format!(r#"{{"alg":"ES256","kid":"{}"}}"#, f.team.0),
-            format!(r#"{{"iss":"{}","aud":"keygate-v1","exp":{},"x":{}{}}}"#, f.issuer, NOW + 600, "[".repeat(500), "]".repeat(500)),
-        )), Some(TokenMalformed)),
+        (
+            "empty token",
+            Tok::Mangle(|_| String::new()),
+            Some(TokenMissing),
+        ),
+        (
+            "two parts",
+            Tok::Mangle(|t| t.rsplitn(2, '.').nth(1).unwrap().to_owned()),
+            Some(TokenMalformed),
+        ),
+        (
+            "four parts",
+            Tok::Mangle(|t| format!("{t}.")),
+            Some(TokenMalformed),
+        ),
+        (
+            "empty signature",
+            Tok::Mangle(|t| format!("{}.", t.rsplitn(2, '.').nth(1).unwrap())),
+            Some(BadSignature),
+        ),
+        (
+            "padding on signature",
+            Tok::Mangle(|t| format!("{t}==")),
+            Some(TokenMalformed),
+        ),
+        (
+            "standard base64 alphabet",
+            Tok::Mangle(|t| {
+                t.replace('-', "+").replace('_', "/")
+                    + if t.contains(['-', '_']) { "" } else { "+" }
+            }),
+            Some(TokenMalformed),
+        ),
+        (
+            "non-ASCII",
+            Tok::Mangle(|t| format!("é{t}")),
+            Some(TokenMalformed),
+        ),
+        (
+            "whitespace inside",
+            Tok::Mangle(|t| t.replacen('.', ". ", 1)),
+            Some(TokenMalformed),
+        ),
+        (
+            "tampered payload",
+            Tok::Mangle(|t| {
+                let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
+                let claims = String::from_utf8(
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(&parts[1])
+                        .unwrap(),
+                )
+                .unwrap();
+                parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(claims.replace("com.example.app", "com.evil.app"));
+                parts.join(".")
+            }),
+            Some(BadSignature),
+        ),
+        (
+            "non-canonical base64 in signature",
+            Tok::Mangle(|t| {
+                // 64 bytes encode to 86 chars; the last char carries 2 unused bits. Set them.
+                let (head, sig) = t.rsplit_once('.').unwrap();
+                let mut sig = sig.to_owned();
+                let last = sig.pop().unwrap();
+                let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+                let idx = alphabet.find(last).unwrap();
+                sig.push(alphabet.chars().nth(idx | 1).unwrap());
+                if idx | 1 == idx {
+                    sig.pop();
+                    sig.push(alphabet.chars().nth(idx | 2).unwrap());
+                }
+                format!("{head}.{sig}")
+            }),
+            Some(TokenMalformed),
+        ),
+        (
+            "DER-encoded signature",
+            Tok::Mangle(|t| {
+                let (head, sig) = t.rsplit_once('.').unwrap();
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(sig)
+                    .unwrap();
+                let mut der = vec![0x30, 0x46, 0x02, 0x21, 0x00];
+                der.extend_from_slice(&raw[..32]);
+                der.extend_from_slice(&[0x02, 0x21, 0x00]);
+                der.extend_from_slice(&raw[32..]);
+                format!(
+                    "{head}.{}",
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(der)
+                )
+            }),
+            Some(BadSignature),
+        ),
+        (
+            "over 8 KiB",
+            Tok::Claims(
+                team,
+                with(std_claims.clone(), "pad", json!("x".repeat(8200))),
+            ),
+            Some(TokenTooLarge),
+        ),
+        (
+            "duplicate exp",
+            Tok::Raw(|f| {
+                (
+                    format!(r#"{{"alg":"ES256","kid":"{}"}}"#, f.team.0),
+                    format!(
+                        r#"{{"iss":"{}","aud":"keygate-v1","exp":{},"exp":{}}}"#,
+                        f.issuer,
+                        NOW - 9999,
+                        NOW + 600
+                    ),
+                )
+            }),
+            Some(TokenMalformed),
+        ),
+        (
+            "duplicate alg in header",
+            Tok::Raw(|f| {
+                (
+                    format!(r#"{{"alg":"none","kid":"{}","alg":"ES256"}}"#, f.team.0),
+                    format!(
+                        r#"{{"iss":"{}","aud":"keygate-v1","exp":{}}}"#,
+                        f.issuer,
+                        NOW + 600
+                    ),
+                )
+            }),
+            Some(TokenMalformed),
+        ),
+        (
+            "payload not an object",
+            Tok::Header(json!({"alg": "ES256"}), json!([1, 2])),
+            Some(TokenMalformed),
+        ),
+        (
+            "deeply nested claim",
+            Tok::Raw(|f| {
+                (
+                    format!(r#"{{"alg":"ES256","kid":"{}"}}"#, f.team.0),
+                    format!(
+                        r#"{{"iss":"{}","aud":"keygate-v1","exp":{},"x":{}{}}}"#,
+                        f.issuer,
+                        NOW + 600,
+                        "[".repeat(500),
+                        "]".repeat(500)
+                    ),
+                )
+            }),
+            Some(TokenMalformed),
+        ),
         // Scope and long-lived tokens.
-        ("scoped token, normal lifetime", Tok::Claims(team, with(std_claims.clone(), "scope", json!(["GET /v1/apps"]))), ok),
-        ("scope not an array", Tok::Claims(team, with(std_claims.clone(), "scope", json!("GET /v1/apps"))), Some(TokenMalformed)),
-        ("scope entry malformed", Tok::Claims(team, with(std_claims.clone(), "scope", json!(["/v1/apps"]))), Some(TokenMalformed)),
-        ("scope empty", Tok::Claims(team, with(std_claims.clone(), "scope", json!([]))), Some(TokenMalformed)),
-        ("long-lived: GET on long_lived path, 30 days", Tok::Claims(finance, with(claims(30 * 86400, Some(0)), "scope", json!(["GET /v1/ciProducts/1"]))), ok),
-        ("long-lived: 181 days", Tok::Claims(finance, with(claims(181 * 86400, Some(0)), "scope", json!(["GET /v1/ciProducts/1"]))), Some(LifetimeTooLong)),
-        ("long-lived: a POST in scope", Tok::Claims(finance, with(claims(30 * 86400, Some(0)), "scope", json!(["GET /v1/ciProducts/1", "POST /v1/ciProducts/1"]))), Some(LifetimeTooLong)),
-        ("long-lived: path not long_lived", Tok::Claims(finance, with(claims(30 * 86400, Some(0)), "scope", json!(["GET /v1/apps"]))), Some(LifetimeTooLong)),
-        ("long-lived: role without long_lived", Tok::Claims(team, with(claims(30 * 86400, Some(0)), "scope", json!(["GET /v1/ciProducts/1"]))), Some(LifetimeTooLong)),
-        ("long-lived: no scope", Tok::Claims(finance, claims(30 * 86400, Some(0))), Some(LifetimeTooLong)),
+        (
+            "scoped token, normal lifetime",
+            Tok::Claims(
+                team,
+                with(std_claims.clone(), "scope", json!(["GET /v1/apps"])),
+            ),
+            ok,
+        ),
+        (
+            "scope not an array",
+            Tok::Claims(
+                team,
+                with(std_claims.clone(), "scope", json!("GET /v1/apps")),
+            ),
+            Some(TokenMalformed),
+        ),
+        (
+            "scope entry malformed",
+            Tok::Claims(team, with(std_claims.clone(), "scope", json!(["/v1/apps"]))),
+            Some(TokenMalformed),
+        ),
+        (
+            "scope empty",
+            Tok::Claims(team, with(std_claims.clone(), "scope", json!([]))),
+            Some(TokenMalformed),
+        ),
+        (
+            "long-lived: GET on long_lived path, 30 days",
+            Tok::Claims(
+                finance,
+                with(
+                    claims(30 * 86400, Some(0)),
+                    "scope",
+                    json!(["GET /v1/ciProducts/1"]),
+                ),
+            ),
+            ok,
+        ),
+        (
+            "long-lived: 181 days",
+            Tok::Claims(
+                finance,
+                with(
+                    claims(181 * 86400, Some(0)),
+                    "scope",
+                    json!(["GET /v1/ciProducts/1"]),
+                ),
+            ),
+            Some(LifetimeTooLong),
+        ),
+        (
+            "long-lived: a POST in scope",
+            Tok::Claims(
+                finance,
+                with(
+                    claims(30 * 86400, Some(0)),
+                    "scope",
+                    json!(["GET /v1/ciProducts/1", "POST /v1/ciProducts/1"]),
+                ),
+            ),
+            Some(LifetimeTooLong),
+        ),
+        (
+            "long-lived: path not long_lived",
+            Tok::Claims(
+                finance,
+                with(
+                    claims(30 * 86400, Some(0)),
+                    "scope",
+                    json!(["GET /v1/apps"]),
+                ),
+            ),
+            Some(LifetimeTooLong),
+        ),
+        (
+            "long-lived: role without long_lived",
+            Tok::Claims(
+                team,
+                with(
+                    claims(30 * 86400, Some(0)),
+                    "scope",
+                    json!(["GET /v1/ciProducts/1"]),
+                ),
+            ),
+            Some(LifetimeTooLong),
+        ),
+        (
+            "long-lived: no scope",
+            Tok::Claims(finance, claims(30 * 86400, Some(0))),
+            Some(LifetimeTooLong),
+        ),
     ];
 
     let snapshot = f.ring.snapshot();
     let mut failures = Vec::new();
     for (name, tok, expect) in &rows {
         let token = build(&f, tok);
-        let got = verify(&token, &snapshot, &f.policy, &f.rules, NOW).map(|_| ()).map_err(|e| e.reason);
+        let got = verify(&token, &snapshot, &f.policy, &f.rules, NOW)
+            .map(|_| ())
+            .map_err(|e| e.reason);
         let want = expect.map_or(Ok(()), Err);
         if got != want {
             failures.push(format!("{name}: got {got:?}, want {want:?}"));
         }
     }
-    assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), rows.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -310,7 +797,11 @@ fn details_explain_without_echoing_the_token() {
     let token = build(&f, &Tok::Claims(team, claims(-3600, None)));
     let err = verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW).unwrap_err();
     assert_eq!(err.reason, AuthReason::TokenExpired);
-    assert!(err.detail.contains("2026-11-26T09:00:00Z"), "{}", err.detail);
+    assert!(
+        err.detail.contains("2026-11-26T09:00:00Z"),
+        "{}",
+        err.detail
+    );
     assert!(!err.detail.contains(&token));
     assert!(!err.detail.contains(token.split('.').nth(2).unwrap()));
 }
@@ -321,9 +812,23 @@ fn scope_is_enforced_per_request() {
     let c = json!({"iss": f.issuer, "aud": "keygate-v1", "exp": NOW + 600, "scope": ["GET /v1/apps?filter[platform]=IOS"]});
     let token = sign_jwt(&f.team.1, f.team.0.as_str(), &c).unwrap();
     let v = verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW).unwrap();
-    assert!(v.check_scope(&RequestTarget::from_uri("GET", "/v1/apps?limit=5&filter%5Bplatform%5D=IOS")).is_ok());
-    let denied = v.check_scope(&RequestTarget::from_uri("GET", "/v1/apps")).unwrap_err();
-    assert!(matches!(denied, Error::Forbidden { reason: ForbiddenReason::ScopeMismatch, .. }));
+    assert!(
+        v.check_scope(&RequestTarget::from_uri(
+            "GET",
+            "/v1/apps?limit=5&filter%5Bplatform%5D=IOS"
+        ))
+        .is_ok()
+    );
+    let denied = v
+        .check_scope(&RequestTarget::from_uri("GET", "/v1/apps"))
+        .unwrap_err();
+    assert!(matches!(
+        denied,
+        Error::Forbidden {
+            reason: ForbiddenReason::ScopeMismatch,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -337,9 +842,19 @@ fn revocation_in_the_ring_is_immediate_and_irreversible() {
     assert!(verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW).is_ok());
     key.revoked_at = Some(NOW);
     f.ring.apply(std::slice::from_ref(&key), 3);
-    assert_eq!(verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW).unwrap_err().reason, AuthReason::KeyRevoked);
+    assert_eq!(
+        verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW)
+            .unwrap_err()
+            .reason,
+        AuthReason::KeyRevoked
+    );
     // A stale update that still shows the key active does not bring it back.
     key.revoked_at = None;
     f.ring.apply(std::slice::from_ref(&key), 2);
-    assert_eq!(verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW).unwrap_err().reason, AuthReason::KeyRevoked);
+    assert_eq!(
+        verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW)
+            .unwrap_err()
+            .reason,
+        AuthReason::KeyRevoked
+    );
 }

@@ -8,22 +8,23 @@ mod rows;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keygate_core::audit::AuditAction;
 use keygate_core::audit::{AuditEvent, NewAuditEvent};
 use keygate_core::clock::UnixTime;
 use keygate_core::crypto::SealedPrivateKey;
 use keygate_core::error::{Error, PrivateKeyUnavailable, Result};
 use keygate_core::ids::{Actor, IssuerId, KeyId};
 use keygate_core::key::{ApiKey, KeyQuery, KeyType, Page, PrivateKeyState, StatusFilter};
-use keygate_core::store::{AuditStore, ChangeFeed, Issuer, IssuerStore, KeyStore, Store, TakePrivateKey};
-use keygate_core::audit::AuditAction;
+use keygate_core::store::{
+    AuditStore, ChangeFeed, Issuer, IssuerStore, KeyStore, Store, TakePrivateKey,
+};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
-use rows::{db_err, key_from_row, audit_from_row};
+use rows::{audit_from_row, db_err, key_from_row};
 
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
 
@@ -43,8 +44,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_private_dir(dir)?;
         }
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(db_err)?
+        let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -75,7 +75,10 @@ impl SqliteStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -93,11 +96,13 @@ impl SqliteStore {
                 continue;
             }
             sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(db_err)?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, unixepoch())")
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, unixepoch())",
+            )
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         }
         if let Some(newest) = applied.iter().max()
             && MIGRATIONS.iter().all(|(v, _)| v < newest)
@@ -113,7 +118,10 @@ impl SqliteStore {
     /// `secure_delete`) do not linger in old WAL frames. Best effort: a busy reader only delays
     /// it to the next call.
     async fn truncate_wal(&self) {
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await
+        {
             tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried");
         }
     }
@@ -129,20 +137,30 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| Error::Unavailable(format!("cannot create the data folder {}: {e}", dir.display())))
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot create the data folder {}: {e}",
+                dir.display()
+            ))
+        })
 }
 
 #[cfg(not(unix))]
 fn create_private_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::Unavailable(format!("cannot create the data folder {}: {e}", dir.display())))
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::Unavailable(format!(
+            "cannot create the data folder {}: {e}",
+            dir.display()
+        ))
+    })
 }
 
 async fn append_audit(tx: &mut Transaction<'_, Sqlite>, event: &NewAuditEvent) -> Result<()> {
-    let last: Option<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db_err)?;
+    let last: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_err)?;
     let (seq, prev) = last.map_or((1, Vec::new()), |(s, h)| (s + 1, h));
     let hash = event.chain_hash(seq, &prev);
     sqlx::query(
@@ -174,16 +192,22 @@ async fn record_change(tx: &mut Transaction<'_, Sqlite>, key: KeyId, now: UnixTi
     Ok(())
 }
 
-async fn fetch_key(tx: &mut Transaction<'_, Sqlite>, issuer: IssuerId, id: KeyId) -> Result<Option<ApiKey>> {
-    sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ? AND issuer_id = ?"))
-        .bind(id.as_str())
-        .bind(issuer.to_string())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db_err)?
-        .as_ref()
-        .map(key_from_row)
-        .transpose()
+async fn fetch_key(
+    tx: &mut Transaction<'_, Sqlite>,
+    issuer: IssuerId,
+    id: KeyId,
+) -> Result<Option<ApiKey>> {
+    sqlx::query(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ? AND issuer_id = ?"
+    ))
+    .bind(id.as_str())
+    .bind(issuer.to_string())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_err)?
+    .as_ref()
+    .map(key_from_row)
+    .transpose()
 }
 
 /// The SQL condition for "usable for tokens at `now`" (`?` is bound to now).
@@ -205,23 +229,35 @@ impl IssuerStore for SqliteStore {
     }
 
     async fn get_issuer(&self, id: IssuerId) -> Result<Option<Issuer>> {
-        let row: Option<(String, i64)> = sqlx::query_as("SELECT name, created_at FROM issuers WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(db_err)?;
-        Ok(row.map(|(name, created_at)| Issuer { id, name, created_at }))
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT name, created_at FROM issuers WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db_err)?;
+        Ok(row.map(|(name, created_at)| Issuer {
+            id,
+            name,
+            created_at,
+        }))
     }
 
     async fn list_issuers(&self) -> Result<Vec<Issuer>> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as("SELECT id, name, created_at FROM issuers ORDER BY created_at, id")
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db_err)?;
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT id, name, created_at FROM issuers ORDER BY created_at, id")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db_err)?;
         rows.into_iter()
             .map(|(id, name, created_at)| {
-                let id = id.parse().map_err(|_| Error::Internal("stored issuer ID is corrupt".into()))?;
-                Ok(Issuer { id, name, created_at })
+                let id = id
+                    .parse()
+                    .map_err(|_| Error::Internal("stored issuer ID is corrupt".into()))?;
+                Ok(Issuer {
+                    id,
+                    name,
+                    created_at,
+                })
             })
             .collect()
     }
@@ -229,7 +265,13 @@ impl IssuerStore for SqliteStore {
 
 #[async_trait]
 impl KeyStore for SqliteStore {
-    async fn insert_key(&self, key: &ApiKey, sealed: Option<&SealedPrivateKey>, max_active_team_keys: u32, audit: &NewAuditEvent) -> Result<()> {
+    async fn insert_key(
+        &self,
+        key: &ApiKey,
+        sealed: Option<&SealedPrivateKey>,
+        max_active_team_keys: u32,
+        audit: &NewAuditEvent,
+    ) -> Result<()> {
         let mut tx = self.begin().await?;
         if key.key_type == KeyType::Team {
             let active: i64 = sqlx::query_scalar(&format!(
@@ -282,15 +324,17 @@ impl KeyStore for SqliteStore {
     }
 
     async fn get_key(&self, issuer: IssuerId, id: KeyId) -> Result<Option<ApiKey>> {
-        sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ? AND issuer_id = ?"))
-            .bind(id.as_str())
-            .bind(issuer.to_string())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(db_err)?
-            .as_ref()
-            .map(key_from_row)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ? AND issuer_id = ?"
+        ))
+        .bind(id.as_str())
+        .bind(issuer.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?
+        .as_ref()
+        .map(key_from_row)
+        .transpose()
     }
 
     async fn list_keys(&self, issuer: IssuerId, query: &KeyQuery) -> Result<Page<ApiKey>> {
@@ -298,10 +342,16 @@ impl KeyStore for SqliteStore {
             qb.push(" WHERE issuer_id = ").push_bind(issuer);
             match query.status {
                 Some(StatusFilter::Active) => {
-                    qb.push(" AND ").push(ACTIVE_SQL).push_bind(query.now).push("))");
+                    qb.push(" AND ")
+                        .push(ACTIVE_SQL)
+                        .push_bind(query.now)
+                        .push("))");
                 }
                 Some(StatusFilter::Revoked) => {
-                    qb.push(" AND NOT ").push(ACTIVE_SQL).push_bind(query.now).push("))");
+                    qb.push(" AND NOT ")
+                        .push(ACTIVE_SQL)
+                        .push_bind(query.now)
+                        .push("))");
                 }
                 None => {}
             }
@@ -312,7 +362,11 @@ impl KeyStore for SqliteStore {
         let issuer_text = issuer.to_string();
         let mut count = QueryBuilder::new("SELECT count(*) FROM api_keys");
         filters(&mut count, &issuer_text, query);
-        let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await.map_err(db_err)?;
+        let total: i64 = count
+            .build_query_scalar()
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db_err)?;
 
         let mut select = QueryBuilder::new(format!("SELECT {KEY_COLUMNS} FROM api_keys"));
         filters(&mut select, &issuer_text, query);
@@ -327,11 +381,21 @@ impl KeyStore for SqliteStore {
         select
             .push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(i64::from(query.limit) + 1);
-        let rows = select.build().fetch_all(&self.reader).await.map_err(db_err)?;
+        let rows = select
+            .build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_err)?;
         let mut items: Vec<ApiKey> = rows.iter().map(key_from_row).collect::<Result<_>>()?;
         let next = if items.len() > query.limit as usize {
             items.truncate(query.limit as usize);
-            items.last().map(|k| keygate_core::key::KeyCursor { created_at: k.created_at, id: k.id }.encode())
+            items.last().map(|k| {
+                keygate_core::key::KeyCursor {
+                    created_at: k.created_at,
+                    id: k.id,
+                }
+                .encode()
+            })
         } else {
             None
         };
@@ -342,22 +406,41 @@ impl KeyStore for SqliteStore {
         })
     }
 
-    async fn take_private_key(&self, issuer: IssuerId, id: KeyId, created_after: UnixTime, now: UnixTime, audit: &NewAuditEvent) -> Result<TakePrivateKey> {
+    async fn take_private_key(
+        &self,
+        issuer: IssuerId,
+        id: KeyId,
+        created_after: UnixTime,
+        now: UnixTime,
+        audit: &NewAuditEvent,
+    ) -> Result<TakePrivateKey> {
         let mut tx = self.begin().await?;
         let Some(key) = fetch_key(&mut tx, issuer, id).await? else {
             return Ok(TakePrivateKey::NotFound);
         };
         match key.private_key {
             PrivateKeyState::Pending => {}
-            PrivateKeyState::Downloaded(_) => return Ok(TakePrivateKey::Unavailable(PrivateKeyUnavailable::AlreadyDownloaded)),
-            PrivateKeyState::Erased(_) => return Ok(TakePrivateKey::Unavailable(PrivateKeyUnavailable::Erased)),
-            PrivateKeyState::NeverHeld => return Ok(TakePrivateKey::Unavailable(PrivateKeyUnavailable::NeverHeld)),
+            PrivateKeyState::Downloaded(_) => {
+                return Ok(TakePrivateKey::Unavailable(
+                    PrivateKeyUnavailable::AlreadyDownloaded,
+                ));
+            }
+            PrivateKeyState::Erased(_) => {
+                return Ok(TakePrivateKey::Unavailable(PrivateKeyUnavailable::Erased));
+            }
+            PrivateKeyState::NeverHeld => {
+                return Ok(TakePrivateKey::Unavailable(
+                    PrivateKeyUnavailable::NeverHeld,
+                ));
+            }
         }
-        let sealed: Option<Vec<u8>> = sqlx::query_scalar("DELETE FROM pending_private_keys WHERE key_id = ? RETURNING sealed")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let sealed: Option<Vec<u8>> = sqlx::query_scalar(
+            "DELETE FROM pending_private_keys WHERE key_id = ? RETURNING sealed",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
         let stale = key.created_at <= created_after || key.is_revoked();
         let new_state = if stale { "ERASED" } else { "DOWNLOADED" };
         sqlx::query("UPDATE api_keys SET private_key_state = ?, private_key_at = ? WHERE id = ?")
@@ -374,18 +457,35 @@ impl KeyStore for SqliteStore {
                 TakePrivateKey::Taken(SealedPrivateKey::from_stored(bytes))
             }
             Some(_) => {
-                let erase = NewAuditEvent::new(issuer, now, &Actor::System("download-window"), AuditAction::PrivateKeyErased, id.to_string());
+                let erase = NewAuditEvent::new(
+                    issuer,
+                    now,
+                    &Actor::System("download-window"),
+                    AuditAction::PrivateKeyErased,
+                    id.to_string(),
+                );
                 append_audit(&mut tx, &erase).await?;
                 TakePrivateKey::Unavailable(PrivateKeyUnavailable::Erased)
             }
-            None => return Err(Error::Internal(format!("key {id} is pending but has no sealed private key"))),
+            None => {
+                return Err(Error::Internal(format!(
+                    "key {id} is pending but has no sealed private key"
+                )));
+            }
         };
         tx.commit().await.map_err(db_err)?;
         self.truncate_wal().await;
         Ok(outcome)
     }
 
-    async fn revoke_key(&self, issuer: IssuerId, id: KeyId, reason: Option<&str>, now: UnixTime, audit: &NewAuditEvent) -> Result<Option<ApiKey>> {
+    async fn revoke_key(
+        &self,
+        issuer: IssuerId,
+        id: KeyId,
+        reason: Option<&str>,
+        now: UnixTime,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<ApiKey>> {
         let mut tx = self.begin().await?;
         let Some(key) = fetch_key(&mut tx, issuer, id).await? else {
             return Ok(None);
@@ -407,12 +507,14 @@ impl KeyStore for SqliteStore {
             .map_err(db_err)?
             .rows_affected();
         if erased > 0 {
-            sqlx::query("UPDATE api_keys SET private_key_state = 'ERASED', private_key_at = ? WHERE id = ?")
-                .bind(now)
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            sqlx::query(
+                "UPDATE api_keys SET private_key_state = 'ERASED', private_key_at = ? WHERE id = ?",
+            )
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         }
         record_change(&mut tx, id, now).await?;
         append_audit(&mut tx, audit).await?;
@@ -424,7 +526,12 @@ impl KeyStore for SqliteStore {
         Ok(updated)
     }
 
-    async fn erase_stale_private_keys(&self, created_before: UnixTime, now: UnixTime, actor: &Actor) -> Result<Vec<ApiKey>> {
+    async fn erase_stale_private_keys(
+        &self,
+        created_before: UnixTime,
+        now: UnixTime,
+        actor: &Actor,
+    ) -> Result<Vec<ApiKey>> {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE private_key_state = 'PENDING' AND created_at <= ?"
@@ -441,14 +548,22 @@ impl KeyStore for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            sqlx::query("UPDATE api_keys SET private_key_state = 'ERASED', private_key_at = ? WHERE id = ?")
-                .bind(now)
-                .bind(key.id.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            sqlx::query(
+                "UPDATE api_keys SET private_key_state = 'ERASED', private_key_at = ? WHERE id = ?",
+            )
+            .bind(now)
+            .bind(key.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
             record_change(&mut tx, key.id, now).await?;
-            let event = NewAuditEvent::new(key.issuer_id, now, actor, AuditAction::PrivateKeyErased, key.id.to_string());
+            let event = NewAuditEvent::new(
+                key.issuer_id,
+                now,
+                actor,
+                AuditAction::PrivateKeyErased,
+                key.id.to_string(),
+            );
             append_audit(&mut tx, &event).await?;
             key.private_key = PrivateKeyState::Erased(now);
             erased.push(key);
@@ -480,12 +595,14 @@ impl ChangeFeed for SqliteStore {
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<(i64, KeyId)>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, key_id FROM key_changes WHERE seq > ? ORDER BY seq LIMIT ?")
-            .bind(seq)
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db_err)?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, key_id FROM key_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
         rows.into_iter()
             .map(|(s, id)| {
                 KeyId::parse(&id)
@@ -498,7 +615,9 @@ impl ChangeFeed for SqliteStore {
     async fn keys_by_id(&self, ids: &[KeyId]) -> Result<Vec<ApiKey>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id IN ("));
+            let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE id IN ("
+            ));
             let mut sep = qb.separated(", ");
             for id in chunk {
                 sep.push_bind(id.as_str());
@@ -515,13 +634,19 @@ impl ChangeFeed for SqliteStore {
 
 #[async_trait]
 impl AuditStore for SqliteStore {
-    async fn list_audit_events(&self, issuer: IssuerId, before_seq: Option<i64>, limit: u32) -> Result<Page<AuditEvent>> {
+    async fn list_audit_events(
+        &self,
+        issuer: IssuerId,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<AuditEvent>> {
         let issuer_text = issuer.to_string();
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE issuer_id = ?")
-            .bind(&issuer_text)
-            .fetch_one(&self.reader)
-            .await
-            .map_err(db_err)?;
+        let total: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE issuer_id = ?")
+                .bind(&issuer_text)
+                .fetch_one(&self.reader)
+                .await
+                .map_err(db_err)?;
         let rows = sqlx::query(
             "SELECT seq, issuer_id, at, actor, action, target, source_ip, detail, hash FROM audit_events WHERE issuer_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
         )
@@ -538,15 +663,27 @@ impl AuditStore for SqliteStore {
         } else {
             None
         };
-        Ok(Page { items, total: u64::try_from(total).unwrap_or(0), next })
+        Ok(Page {
+            items,
+            total: u64::try_from(total).unwrap_or(0),
+            next,
+        })
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
-        let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&self.reader).await.map_err(db_err)?;
-        if one == 1 { Ok(()) } else { Err(Error::Unavailable("the database gave a wrong answer".into())) }
+        let one: i64 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db_err)?;
+        if one == 1 {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(
+                "the database gave a wrong answer".into(),
+            ))
+        }
     }
 }
-

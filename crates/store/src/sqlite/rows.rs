@@ -14,14 +14,22 @@ use sqlx::sqlite::SqliteRow;
 /// to logs only.
 pub fn db_err(e: sqlx::Error) -> Error {
     match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict("an object with this ID already exists".into()),
-        sqlx::Error::Database(db) if db.message().contains("irreversible") || db.message().contains("only once") => {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            Error::Conflict("an object with this ID already exists".into())
+        }
+        sqlx::Error::Database(db)
+            if db.message().contains("irreversible") || db.message().contains("only once") =>
+        {
             Error::Conflict(db.message().to_owned())
         }
-        sqlx::Error::Database(db) if db.message().contains("locked") || db.message().contains("busy") => {
+        sqlx::Error::Database(db)
+            if db.message().contains("locked") || db.message().contains("busy") =>
+        {
             Error::Unavailable(format!("database busy: {db}"))
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => Error::Unavailable(format!("database unavailable: {e}")),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            Error::Unavailable(format!("database unavailable: {e}"))
+        }
         _ => Error::Internal(format!("database error: {e}")),
     }
 }
@@ -40,7 +48,9 @@ pub fn private_key_state_columns(state: PrivateKeyState) -> (&'static str, Optio
 
 pub fn key_from_row(row: &SqliteRow) -> Result<ApiKey, Error> {
     let get_str = |col: &str| row.try_get::<String, _>(col).map_err(|_| corrupt(col));
-    let state_at: Option<i64> = row.try_get("private_key_at").map_err(|_| corrupt("private_key_at"))?;
+    let state_at: Option<i64> = row
+        .try_get("private_key_at")
+        .map_err(|_| corrupt("private_key_at"))?;
     let private_key = match (get_str("private_key_state")?.as_str(), state_at) {
         ("PENDING", _) => PrivateKeyState::Pending,
         ("DOWNLOADED", Some(t)) => PrivateKeyState::Downloaded(t),
@@ -50,19 +60,33 @@ pub fn key_from_row(row: &SqliteRow) -> Result<ApiKey, Error> {
     };
     Ok(ApiKey {
         id: KeyId::parse(&get_str("id")?).ok_or_else(|| corrupt("key ID"))?,
-        issuer_id: get_str("issuer_id")?.parse().map_err(|_| corrupt("issuer ID"))?,
+        issuer_id: get_str("issuer_id")?
+            .parse()
+            .map_err(|_| corrupt("issuer ID"))?,
         name: get_str("name")?,
         roles: RoleSet::from_stored(&get_str("roles")?)?,
         key_type: KeyType::parse(&get_str("key_type")?).ok_or_else(|| corrupt("key type"))?,
         algorithm: Algorithm::parse(&get_str("algorithm")?).ok_or_else(|| corrupt("algorithm"))?,
-        public_key: row.try_get("public_key").map_err(|_| corrupt("public key"))?,
+        public_key: row
+            .try_get("public_key")
+            .map_err(|_| corrupt("public key"))?,
         private_key,
         created_by: get_str("created_by")?,
-        created_at: row.try_get("created_at").map_err(|_| corrupt("created_at"))?,
-        last_used_at: row.try_get("last_used_at").map_err(|_| corrupt("last_used_at"))?,
-        revoked_at: row.try_get("revoked_at").map_err(|_| corrupt("revoked_at"))?,
-        revoke_reason: row.try_get("revoke_reason").map_err(|_| corrupt("revoke_reason"))?,
-        expires_at: row.try_get("expires_at").map_err(|_| corrupt("expires_at"))?,
+        created_at: row
+            .try_get("created_at")
+            .map_err(|_| corrupt("created_at"))?,
+        last_used_at: row
+            .try_get("last_used_at")
+            .map_err(|_| corrupt("last_used_at"))?,
+        revoked_at: row
+            .try_get("revoked_at")
+            .map_err(|_| corrupt("revoked_at"))?,
+        revoke_reason: row
+            .try_get("revoke_reason")
+            .map_err(|_| corrupt("revoke_reason"))?,
+        expires_at: row
+            .try_get("expires_at")
+            .map_err(|_| corrupt("expires_at"))?,
     })
 }
 
@@ -73,7 +97,9 @@ pub fn audit_from_row(row: &SqliteRow) -> Result<AuditEvent, Error> {
     Ok(AuditEvent {
         seq: row.try_get("seq").map_err(|_| corrupt("seq"))?,
         event: NewAuditEvent {
-            issuer_id: get_str("issuer_id")?.parse().map_err(|_| corrupt("issuer ID"))?,
+            issuer_id: get_str("issuer_id")?
+                .parse()
+                .map_err(|_| corrupt("issuer ID"))?,
             at: row.try_get("at").map_err(|_| corrupt("at"))?,
             actor: get_str("actor")?,
             action,

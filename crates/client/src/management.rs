@@ -1,0 +1,195 @@
+//! A typed client of keygate's management API.
+
+use std::sync::Arc;
+
+use keygate_core::crypto::PrivateKeyPem;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::minter::TokenMinter;
+
+/// What went wrong talking to keygate.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// keygate answered with an error document.
+    #[error("{status} {code}{}: {detail}", reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    Api {
+        status: u16,
+        code: String,
+        reason: Option<String>,
+        detail: String,
+    },
+    #[error("cannot reach keygate: {0}")]
+    Transport(String),
+    #[error("private key: {0}")]
+    Key(String),
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+}
+
+/// An API key as the management API describes it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub key_type: String,
+    pub algorithm: String,
+    pub issuer_id: String,
+    pub is_active: bool,
+    pub can_download: bool,
+    pub created_date: String,
+    pub last_used_date: Option<String>,
+    pub revoked_date: Option<String>,
+    pub created_by: String,
+}
+
+impl ApiKeyInfo {
+    fn from_resource(v: &Value) -> Result<Self, ClientError> {
+        let mut attrs = v
+            .get("attributes")
+            .cloned()
+            .ok_or_else(|| ClientError::Protocol("resource without attributes".into()))?;
+        attrs["id"] = v.get("id").cloned().unwrap_or(Value::Null);
+        serde_json::from_value(attrs).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}
+
+/// Calls `/v1` on one keygate server with tokens from a [`TokenMinter`].
+#[derive(Debug, Clone)]
+pub struct ManagementClient {
+    http: reqwest::Client,
+    base: String,
+    minter: Arc<TokenMinter>,
+}
+
+impl ManagementClient {
+    pub fn new(base_url: &str, minter: Arc<TokenMinter>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+            minter,
+        })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let token = self.minter.token()?;
+        let resp = req
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let err = body.pointer("/errors/0").cloned().unwrap_or(Value::Null);
+        let s = |k: &str| err.get(k).and_then(Value::as_str).map(str::to_owned);
+        Err(ClientError::Api {
+            status,
+            code: s("code").unwrap_or_else(|| "UNKNOWN".into()),
+            reason: err
+                .pointer("/meta/reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            detail: s("detail").unwrap_or_default(),
+        })
+    }
+
+    async fn json(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Every key of the caller's issuer (all pages), newest first.
+    pub async fn list_keys(&self, status: Option<&str>) -> Result<Vec<ApiKeyInfo>, ClientError> {
+        let mut out = Vec::new();
+        let mut next = Some(match status {
+            Some(s) => format!("/v1/apiKeys?filter[status]={s}&limit=200"),
+            None => "/v1/apiKeys?limit=200".to_owned(),
+        });
+        while let Some(path) = next.take() {
+            let doc = self
+                .json(self.http.get(format!("{}{path}", self.base)))
+                .await?;
+            for item in doc
+                .get("data")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                out.push(ApiKeyInfo::from_resource(item)?);
+            }
+            next = doc
+                .pointer("/links/next")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+        }
+        Ok(out)
+    }
+
+    pub async fn create_key(
+        &self,
+        name: &str,
+        roles: &[String],
+        algorithm: Option<&str>,
+    ) -> Result<ApiKeyInfo, ClientError> {
+        let mut attrs = json!({"name": name, "roles": roles});
+        if let Some(a) = algorithm {
+            attrs["algorithm"] = json!(a);
+        }
+        let body = json!({"data": {"type": "apiKeys", "attributes": attrs}});
+        let doc = self
+            .json(
+                self.http
+                    .post(format!("{}/v1/apiKeys", self.base))
+                    .json(&body),
+            )
+            .await?;
+        ApiKeyInfo::from_resource(doc.get("data").unwrap_or(&Value::Null))
+    }
+
+    /// The one-time download of a key's `.p8`.
+    pub async fn download_private_key(&self, key_id: &str) -> Result<PrivateKeyPem, ClientError> {
+        let resp = self
+            .send(
+                self.http
+                    .get(format!("{}/v1/apiKeys/{key_id}/privateKey", self.base)),
+            )
+            .await?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(PrivateKeyPem::from_pem(text))
+    }
+
+    pub async fn revoke_key(
+        &self,
+        key_id: &str,
+        reason: Option<&str>,
+    ) -> Result<ApiKeyInfo, ClientError> {
+        let mut attrs = json!({"isActive": false});
+        if let Some(r) = reason {
+            attrs["revokeReason"] = json!(r);
+        }
+        let body = json!({"data": {"type": "apiKeys", "id": key_id, "attributes": attrs}});
+        let doc = self
+            .json(
+                self.http
+                    .patch(format!("{}/v1/apiKeys/{key_id}", self.base))
+                    .json(&body),
+            )
+            .await?;
+        ApiKeyInfo::from_resource(doc.get("data").unwrap_or(&Value::Null))
+    }
+}

@@ -1,0 +1,477 @@
+//! Configuration in layers: built-in defaults, then the TOML file, then `KEYGATE_*` environment
+//! variables, then command-line flags. The raw layers are validated into one [`Config`] that is
+//! passed explicitly; there are no global settings. Unknown keys in the file are an error that
+//! names the key and its line.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use keygate_core::policy::{Policy, RolePolicy, RoutePattern};
+use keygate_core::role::{Role, RoleCatalog};
+use keygate_core::service::KeyLimits;
+use keygate_core::token::TokenRules;
+use serde::Deserialize;
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: String,
+    pub token_rules: TokenRules,
+    pub policy: Policy,
+    pub limits: KeyLimits,
+    /// How often the node reads the change feed (changes made by other processes or nodes).
+    pub sync_interval: Duration,
+    /// How often pending private keys past the download window are erased.
+    pub sweep_interval: Duration,
+}
+
+impl Config {
+    pub fn roles(&self) -> RoleCatalog {
+        RoleCatalog::with_custom(self.policy.roles().map(|(r, _)| r))
+    }
+}
+
+/// A configuration problem, said so that the operator can fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The file's shape. Every table denies unknown keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database: Option<String>,
+    audiences: Option<Vec<String>>,
+    max_token_lifetime: Option<DurationText>,
+    max_long_lived_token_lifetime: Option<DurationText>,
+    leeway: Option<DurationText>,
+    download_window: Option<DurationText>,
+    max_active_team_keys: Option<u32>,
+    sync_interval: Option<DurationText>,
+    sweep_interval: Option<DurationText>,
+    roles: Option<BTreeMap<String, FileRole>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRole {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    long_lived: Vec<String>,
+    rate_limit_per_hour: Option<u32>,
+}
+
+/// A duration written as `"20m"`, `"90s"`, `"24h"`, `"180d"` or a number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum DurationText {
+    Seconds(u64),
+    Text(String),
+}
+
+impl DurationText {
+    fn seconds(&self, key: &str) -> Result<u64, ConfigError> {
+        match self {
+            Self::Seconds(s) => Ok(*s),
+            Self::Text(t) => parse_duration(t).ok_or_else(|| {
+                ConfigError(format!(
+                    "{key}: {t:?} is not a duration such as \"90s\", \"20m\", \"24h\" or \"180d\""
+                ))
+            }),
+        }
+    }
+}
+
+/// Parses `"20m"`-style durations; also used for environment variables and flags.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "ms" => return Some(n / 1000),
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn parse_duration_ms(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms.trim().parse().ok().map(Duration::from_millis);
+    }
+    parse_duration(t).map(Duration::from_secs)
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub audiences: Vec<String>,
+}
+
+/// Builds the configuration from the layers. `env` reads an environment variable (injected so
+/// tests need not touch the process environment).
+pub fn load(
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    let raw = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+            toml::from_str::<FileConfig>(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+        }
+        None => FileConfig::default(),
+    };
+
+    let listen_text = overrides
+        .listen
+        .clone()
+        .or_else(|| env("KEYGATE_LISTEN"))
+        .or(raw.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let listen = listen_text.parse().map_err(|_| {
+        ConfigError(format!(
+            "listen: {listen_text:?} is not an address such as 127.0.0.1:8080"
+        ))
+    })?;
+    let database = overrides
+        .database
+        .clone()
+        .or_else(|| env("KEYGATE_DATABASE"))
+        .or(raw.database)
+        .unwrap_or_else(|| "sqlite://keygate-data/keygate.db".to_owned());
+
+    let mut rules = TokenRules::default();
+    let audiences = if overrides.audiences.is_empty() {
+        env("KEYGATE_AUDIENCES")
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .or(raw.audiences)
+    } else {
+        Some(overrides.audiences.clone())
+    };
+    if let Some(a) = audiences {
+        if a.is_empty() || a.iter().any(String::is_empty) {
+            return Err(ConfigError(
+                "audiences: list at least one non-empty audience".into(),
+            ));
+        }
+        rules.audiences = a;
+    }
+    let secs = |key: &str,
+                env_name: &str,
+                file: Option<DurationText>|
+     -> Result<Option<i64>, ConfigError> {
+        let v =
+            match env(env_name) {
+                Some(text) => Some(parse_duration(&text).ok_or_else(|| {
+                    ConfigError(format!("{env_name}: {text:?} is not a duration"))
+                })?),
+                None => file.map(|d| d.seconds(key)).transpose()?,
+            };
+        v.map(|s| i64::try_from(s).map_err(|_| ConfigError(format!("{key}: too large"))))
+            .transpose()
+    };
+    if let Some(s) = secs(
+        "max_token_lifetime",
+        "KEYGATE_MAX_TOKEN_LIFETIME",
+        raw.max_token_lifetime,
+    )? {
+        rules.max_lifetime = s;
+    }
+    if let Some(s) = secs(
+        "max_long_lived_token_lifetime",
+        "KEYGATE_MAX_LONG_LIVED_TOKEN_LIFETIME",
+        raw.max_long_lived_token_lifetime,
+    )? {
+        rules.max_long_lived_lifetime = s;
+    }
+    if let Some(s) = secs("leeway", "KEYGATE_LEEWAY", raw.leeway)? {
+        rules.leeway = s;
+    }
+    if rules.max_lifetime <= 0 || rules.max_long_lived_lifetime < rules.max_lifetime {
+        return Err(ConfigError(
+            "max_token_lifetime must be positive and at most max_long_lived_token_lifetime".into(),
+        ));
+    }
+
+    let mut limits = KeyLimits::default();
+    if let Some(s) = secs(
+        "download_window",
+        "KEYGATE_DOWNLOAD_WINDOW",
+        raw.download_window,
+    )? {
+        if s <= 0 {
+            return Err(ConfigError("download_window must be positive".into()));
+        }
+        limits.download_window = s;
+    }
+    let max_keys = match env("KEYGATE_MAX_ACTIVE_TEAM_KEYS") {
+        Some(v) => Some(v.parse().map_err(|_| {
+            ConfigError(format!(
+                "KEYGATE_MAX_ACTIVE_TEAM_KEYS: {v:?} is not a number"
+            ))
+        })?),
+        None => raw.max_active_team_keys,
+    };
+    if let Some(n) = max_keys {
+        if n == 0 {
+            return Err(ConfigError(
+                "max_active_team_keys must be at least 1".into(),
+            ));
+        }
+        limits.max_active_team_keys = n;
+    }
+
+    let interval = |key: &str,
+                    env_name: &str,
+                    file: Option<DurationText>,
+                    default: Duration|
+     -> Result<Duration, ConfigError> {
+        let d = match (env(env_name), file) {
+            (Some(text), _) | (None, Some(DurationText::Text(text))) => parse_duration_ms(&text)
+                .ok_or_else(|| ConfigError(format!("{key}: {text:?} is not a duration")))?,
+            (None, Some(DurationText::Seconds(s))) => Duration::from_secs(s),
+            (None, None) => default,
+        };
+        if d.is_zero() {
+            return Err(ConfigError(format!("{key} must be positive")));
+        }
+        Ok(d)
+    };
+    let sync_interval = interval(
+        "sync_interval",
+        "KEYGATE_SYNC_INTERVAL",
+        raw.sync_interval,
+        Duration::from_millis(250),
+    )?;
+    let sweep_interval = interval(
+        "sweep_interval",
+        "KEYGATE_SWEEP_INTERVAL",
+        raw.sweep_interval,
+        Duration::from_secs(60),
+    )?;
+
+    let policy = match raw.roles {
+        None => Policy::open(),
+        Some(roles) => {
+            let mut out = BTreeMap::new();
+            for (name, r) in roles {
+                let role = Role::parse_name(&name).ok_or_else(|| {
+                    ConfigError(format!(
+                        "roles.{name}: role names are upper case letters, digits and _"
+                    ))
+                })?;
+                let pats =
+                    |list: &[String], what: &str| -> Result<Vec<RoutePattern>, ConfigError> {
+                        list.iter()
+                            .map(|p| {
+                                RoutePattern::parse(p)
+                                    .map_err(|e| ConfigError(format!("roles.{name}.{what}: {e}")))
+                            })
+                            .collect()
+                    };
+                let long_lived = pats(&r.long_lived, "long_lived")?;
+                if let Some(p) = r.long_lived.iter().find(|p| !p.starts_with("GET ")) {
+                    return Err(ConfigError(format!(
+                        "roles.{name}.long_lived: {p:?} is not a GET pattern; only reads may be long-lived"
+                    )));
+                }
+                out.insert(
+                    role,
+                    RolePolicy {
+                        allow: pats(&r.allow, "allow")?,
+                        long_lived,
+                        rate_limit_per_hour: r.rate_limit_per_hour,
+                    },
+                );
+            }
+            Policy::new(out)
+        }
+    };
+
+    Ok(Config {
+        listen,
+        database,
+        token_rules: rules,
+        policy,
+        limits,
+        sync_interval,
+        sweep_interval,
+    })
+}
+
+/// What `keygate check-config` prints: the configuration as understood.
+pub fn describe(config: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "listen                 {}", config.listen);
+    let _ = writeln!(
+        out,
+        "database               {}",
+        redact_url(&config.database)
+    );
+    let _ = writeln!(
+        out,
+        "audiences              {}",
+        config.token_rules.audiences.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "max_token_lifetime     {} s",
+        config.token_rules.max_lifetime
+    );
+    let _ = writeln!(
+        out,
+        "long-lived tokens      up to {} s",
+        config.token_rules.max_long_lived_lifetime
+    );
+    let _ = writeln!(
+        out,
+        "leeway                 {} s",
+        config.token_rules.leeway
+    );
+    let _ = writeln!(
+        out,
+        "download_window        {} s",
+        config.limits.download_window
+    );
+    let _ = writeln!(
+        out,
+        "max_active_team_keys   {}",
+        config.limits.max_active_team_keys
+    );
+    let _ = writeln!(
+        out,
+        "sync_interval          {} ms",
+        config.sync_interval.as_millis()
+    );
+    if config.policy.is_enforced() {
+        let _ = writeln!(
+            out,
+            "policy                 enforced (ADMIN and ACCOUNT_HOLDER may call everything)"
+        );
+        for (role, rp) in config.policy.roles() {
+            let _ = writeln!(out, "  [{role}]");
+            for p in &rp.allow {
+                let _ = writeln!(out, "    allow      {}", p.as_str());
+            }
+            for p in &rp.long_lived {
+                let _ = writeln!(out, "    long_lived {}", p.as_str());
+            }
+            if let Some(n) = rp.rate_limit_per_hour {
+                let _ = writeln!(out, "    rate limit {n}/hour");
+            }
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "policy                 none: any valid key may call everything"
+        );
+    }
+    out
+}
+
+/// Hides a password in a database URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = url.get(s + 3..at).unwrap_or("");
+            let user = creds.split(':').next().unwrap_or("");
+            format!(
+                "{}://{user}:***@{}",
+                url.get(..s).unwrap_or(""),
+                url.get(at + 1..).unwrap_or("")
+            )
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(None, &no_env, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database, "sqlite://keygate-data/keygate.db");
+        assert_eq!(c.token_rules.audiences, ["keygate-v1"]);
+        assert_eq!(c.token_rules.max_lifetime, 1200);
+        assert_eq!(c.limits.max_active_team_keys, 50);
+        assert!(!c.policy.is_enforced());
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, "audiences = [\"appstoreconnect-v1\"]\nmax_token_lifetime = \"10m\"\nlisten = \"127.0.0.1:9000\"\n[roles.DEVELOPER]\nallow = [\"GET /v1/apps/**\"]\n").unwrap();
+        let env = |k: &str| (k == "KEYGATE_LISTEN").then(|| "127.0.0.1:9001".to_owned());
+        let c = load(Some(&path), &env, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(c.token_rules.max_lifetime, 600);
+        assert_eq!(c.token_rules.audiences, ["appstoreconnect-v1"]);
+        assert!(c.policy.is_enforced());
+        let flags = Overrides {
+            listen: Some("127.0.0.1:9002".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            load(Some(&path), &env, &flags).unwrap().listen.to_string(),
+            "127.0.0.1:9002"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisen = 5\n").unwrap();
+        let err = load(Some(&path), &no_env, &Overrides::default())
+            .unwrap_err()
+            .0;
+        assert!(err.contains("lisen") && err.contains("line 2"), "{err}");
+        std::fs::write(&path, "[roles.DEVELOPER]\nalow = []\n").unwrap();
+        let err = load(Some(&path), &no_env, &Overrides::default())
+            .unwrap_err()
+            .0;
+        assert!(err.contains("alow"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("20m"), Some(1200));
+        assert_eq!(parse_duration("90"), Some(90));
+        assert_eq!(parse_duration("180d"), Some(15_552_000));
+        assert_eq!(parse_duration("5 parsecs"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! Where the master key comes from: `KEYGATE_MASTER_KEY` (base64 of 32 bytes), or a `master.key`
+//! file (mode 0600) beside the SQLite database, created on first start.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use keygate_core::crypto::MasterKey;
+
+use crate::config::ConfigError;
+
+/// Resolves the master key for a database URL.
+pub fn resolve(env_value: Option<String>, database_url: &str) -> Result<MasterKey, ConfigError> {
+    if let Some(text) = env_value {
+        return MasterKey::from_base64(&text)
+            .map_err(|e| ConfigError(format!("KEYGATE_MASTER_KEY: {e}")));
+    }
+    let Some(db) = keygate_store::sqlite_path(database_url) else {
+        return Err(ConfigError(
+            "KEYGATE_MASTER_KEY is required with a non-SQLite database (every node must share it)"
+                .into(),
+        ));
+    };
+    load_or_create(&key_file_for(&db))
+}
+
+/// `master.key` in the database's folder.
+pub fn key_file_for(db: &Path) -> PathBuf {
+    db.parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("master.key")
+}
+
+fn load_or_create(path: &Path) -> Result<MasterKey, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            warn_if_readable_by_others(path);
+            MasterKey::from_base64(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path),
+        Err(e) => Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn create(path: &Path) -> Result<MasterKey, ConfigError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ConfigError(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let key = MasterKey::generate().map_err(|e| ConfigError(e.to_string()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(key.to_base64().as_bytes())
+                .and_then(|()| file.write_all(b"\n"))
+                .and_then(|()| file.sync_all())
+                .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))?;
+            tracing::info!(path = %path.display(), "created a new master key");
+            Ok(key)
+        }
+        // Another process (a second node, `admin bootstrap`) created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create(path),
+        Err(e) => Err(ConfigError(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "the master key file is readable by other users; chmod 600 it");
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_: &Path) {}

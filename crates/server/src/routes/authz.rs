@@ -1,0 +1,121 @@
+//! Forward auth for gateways: `ANY /authz/{path...}` (Envoy `ext_authz`, the request's own method
+//! and path) and `ANY /authz` (nginx `auth_request` with `X-Original-Method`/`X-Original-URI`,
+//! Traefik `ForwardAuth` with `X-Forwarded-Method`/`X-Forwarded-Uri`).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use keygate_core::error::{AuthReason, Error};
+use keygate_core::scope::RequestTarget;
+use keygate_core::token::VerifiedToken;
+
+use crate::AppState;
+use crate::auth::{Credential, credential};
+use crate::error::ApiError;
+
+/// The identity headers a successful check hands to the gateway (and the gateway upstream).
+pub fn identity_headers(v: &VerifiedToken) -> [(HeaderName, Option<HeaderValue>); 4] {
+    [
+        (
+            HeaderName::from_static("x-keygate-issuer-id"),
+            HeaderValue::from_str(&v.key.issuer_text).ok(),
+        ),
+        (
+            HeaderName::from_static("x-keygate-key-id"),
+            HeaderValue::from_str(v.key.id.as_str()).ok(),
+        ),
+        (
+            HeaderName::from_static("x-keygate-key-type"),
+            Some(HeaderValue::from_static(v.key.key_type.header_value())),
+        ),
+        (
+            HeaderName::from_static("x-keygate-roles"),
+            HeaderValue::from_str(&v.key.roles.joined()).ok(),
+        ),
+    ]
+}
+
+fn decide(
+    state: &AppState,
+    headers: &HeaderMap,
+    target: &RequestTarget<'_>,
+) -> Result<Response, ApiError> {
+    let token = match credential(headers)? {
+        Credential::Token(t) => t,
+        Credential::SecretKey(_) => {
+            return Err(Error::auth(
+                AuthReason::UnknownSecretKey,
+                "No secret key matches; secret keys are not enabled on this deployment yet.",
+            )
+            .into());
+        }
+    };
+    let verified = state.verifier.authorize(token, target)?;
+    let mut resp = StatusCode::OK.into_response();
+    for (name, value) in identity_headers(&verified) {
+        if let Some(v) = value {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// `ANY /authz`: the original request comes in headers. Public: the credential is what is checked.
+pub async fn authz_headers(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let pick = |a: &str, b: &str| {
+        headers
+            .get(a)
+            .or_else(|| headers.get(b))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (Some(method), Some(uri)) = (
+        pick("x-original-method", "x-forwarded-method"),
+        pick("x-original-uri", "x-forwarded-uri"),
+    ) else {
+        return Err(Error::parameter(
+            "X-Original-URI",
+            "GET /authz needs the original request in X-Original-Method and X-Original-URI (nginx) or X-Forwarded-Method and X-Forwarded-Uri (Traefik); or call /authz/{path}.",
+        )
+        .into());
+    };
+    let method = method.trim().to_ascii_uppercase();
+    // An absolute URI (some proxies send one) is reduced to its path and query.
+    let origin_form = match uri.parse::<Uri>() {
+        Ok(u) if u.scheme().is_some() => u
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+        _ => uri,
+    };
+    if !origin_form.starts_with('/') {
+        return Err(
+            Error::parameter("X-Original-URI", "The original URI must start with /.").into(),
+        );
+    }
+    decide(
+        &state,
+        &headers,
+        &RequestTarget::from_uri(&method, &origin_form),
+    )
+}
+
+/// `ANY /authz/{path...}`: the request's own method and path, minus the `/authz` prefix.
+pub async fn authz_path(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    _body: Body,
+) -> Result<Response, ApiError> {
+    let path = uri.path().strip_prefix("/authz").unwrap_or("/");
+    let target = RequestTarget {
+        method: method.as_str(),
+        path,
+        query: uri.query().unwrap_or(""),
+    };
+    decide(&state, &headers, &target)
+}

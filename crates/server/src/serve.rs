@@ -1,0 +1,162 @@
+//! Turning a [`Config`] into a running node: open the store, load the key ring, start the
+//! background tasks (change-feed sync, download-window sweep), bind the listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use keygate_core::clock::{Clock, SystemClock};
+use keygate_core::crypto::MasterKey;
+use keygate_core::keyset::KeyRing;
+use keygate_core::service::{KeyService, Verifier};
+use keygate_core::store::Issuer;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ConfigError};
+use crate::{AppState, app};
+
+/// A node's state, ready to serve.
+#[derive(Debug)]
+pub struct Node {
+    pub state: AppState,
+    pub issuer: Issuer,
+    /// Whether the issuer was created by this start (an empty database).
+    pub issuer_created: bool,
+}
+
+/// Opens the store, makes sure an issuer exists, and loads the key ring.
+pub async fn build(
+    config: &Config,
+    master: MasterKey,
+    clock: Arc<dyn Clock>,
+) -> Result<Node, ConfigError> {
+    let store = keygate_store::open(&config.database)
+        .await
+        .map_err(|e| ConfigError(format!("database: {e}")))?;
+    let ring = Arc::new(KeyRing::new());
+    let keys = Arc::new(KeyService::new(
+        store,
+        Arc::clone(&clock),
+        master,
+        config.limits,
+        config.roles(),
+        Arc::clone(&ring),
+    ));
+    let (issuer, issuer_created) = keys
+        .ensure_issuer()
+        .await
+        .map_err(|e| ConfigError(format!("database: {e}")))?;
+    let loaded = keys
+        .reload_keys()
+        .await
+        .map_err(|e| ConfigError(format!("database: {e}")))?;
+    tracing::info!(keys = loaded, "key ring loaded");
+    let verifier = Arc::new(Verifier::new(
+        Arc::clone(&ring),
+        Arc::new(config.policy.clone()),
+        config.token_rules.clone(),
+        clock,
+    ));
+    Ok(Node {
+        state: AppState {
+            keys,
+            verifier,
+            ring,
+        },
+        issuer,
+        issuer_created,
+    })
+}
+
+/// Starts the background tasks of a node.
+pub fn spawn_tasks(state: &AppState, config: &Config) {
+    let keys = Arc::clone(&state.keys);
+    let every = config.sync_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        let mut since_reload = std::time::Instant::now();
+        loop {
+            tick.tick().await;
+            // A full reload now and then is the safety net under the feed.
+            let result = if failing || since_reload.elapsed() > std::time::Duration::from_secs(300)
+            {
+                since_reload = std::time::Instant::now();
+                keys.reload_keys().await
+            } else {
+                keys.sync_keys().await
+            };
+            failing = result.is_err();
+            match result {
+                Ok(n) if n > 0 => tracing::debug!(changed = n, "key ring synced"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "key ring sync failed; verification continues from memory")
+                }
+            }
+        }
+    });
+    let keys = Arc::clone(&state.keys);
+    let every = config.sweep_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match keys.erase_stale_private_keys().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(erased = n, "erased private keys past their download window")
+                }
+                Err(e) => tracing::warn!(error = %e, "download-window sweep failed"),
+            }
+        }
+    });
+}
+
+/// Runs a node until ctrl-c / SIGTERM. `on_ready` gets the bound address and the node (to print
+/// the first-run message) once the listener is up.
+pub async fn run(
+    config: Config,
+    master: MasterKey,
+    on_ready: impl FnOnce(SocketAddr, &Node),
+) -> Result<(), ConfigError> {
+    let node = build(&config, master, Arc::new(SystemClock)).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ConfigError(e.to_string()))?;
+    spawn_tasks(&node.state, &config);
+    on_ready(addr, &node);
+    let router = app(node.state.clone());
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| ConfigError(format!("server error: {e}")))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
