@@ -29,7 +29,7 @@ pub enum KeysCommand {
         /// A role such as DEVELOPER; repeatable.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
-        /// ES256 (default) or EdDSA.
+        /// ES256 (default) or `EdDSA`.
         #[arg(long)]
         algorithm: Option<String>,
     },

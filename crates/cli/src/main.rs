@@ -50,7 +50,7 @@ struct ServeArgs {
     /// Address of the main listener [default: 127.0.0.1:8080].
     #[arg(long)]
     listen: Option<String>,
-    /// Database URL [default: sqlite://keygate-data/keygate.db].
+    /// Database URL [default: <sqlite://keygate-data/keygate.db>].
     #[arg(long)]
     database: Option<String>,
     /// Accepted token audience; repeat for several [default: keygate-v1].
@@ -68,7 +68,7 @@ enum AdminCommand {
         database: Option<String>,
         #[arg(long)]
         issuer_id: Option<String>,
-        /// Folder for AuthKey_<KEYID>.p8.
+        /// Folder for `AuthKey`_<KEYID>.p8.
         #[arg(long)]
         out: PathBuf,
     },

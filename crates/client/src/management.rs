@@ -49,10 +49,12 @@ impl ApiKeyInfo {
     fn from_resource(v: &Value) -> Result<Self, ClientError> {
         let mut attrs = v
             .get("attributes")
+            .and_then(Value::as_object)
             .cloned()
             .ok_or_else(|| ClientError::Protocol("resource without attributes".into()))?;
-        attrs["id"] = v.get("id").cloned().unwrap_or(Value::Null);
-        serde_json::from_value(attrs).map_err(|e| ClientError::Protocol(e.to_string()))
+        attrs.insert("id".into(), v.get("id").cloned().unwrap_or(Value::Null));
+        serde_json::from_value(Value::Object(attrs))
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 }
 
@@ -143,9 +145,11 @@ impl ManagementClient {
         roles: &[String],
         algorithm: Option<&str>,
     ) -> Result<ApiKeyInfo, ClientError> {
-        let mut attrs = json!({"name": name, "roles": roles});
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("name".into(), json!(name));
+        attrs.insert("roles".into(), json!(roles));
         if let Some(a) = algorithm {
-            attrs["algorithm"] = json!(a);
+            attrs.insert("algorithm".into(), json!(a));
         }
         let body = json!({"data": {"type": "apiKeys", "attributes": attrs}});
         let doc = self
@@ -178,9 +182,10 @@ impl ManagementClient {
         key_id: &str,
         reason: Option<&str>,
     ) -> Result<ApiKeyInfo, ClientError> {
-        let mut attrs = json!({"isActive": false});
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("isActive".into(), json!(false));
         if let Some(r) = reason {
-            attrs["revokeReason"] = json!(r);
+            attrs.insert("revokeReason".into(), json!(r));
         }
         let body = json!({"data": {"type": "apiKeys", "id": key_id, "attributes": attrs}});
         let doc = self

@@ -108,19 +108,25 @@ impl TokenMinter {
 
     fn mint_at(&self, now: i64) -> Result<(String, i64), ClientError> {
         let exp = now + self.options.lifetime;
-        let mut claims = json!({"aud": self.options.audience, "exp": exp});
+        let mut claims = serde_json::Map::new();
+        claims.insert("aud".into(), json!(self.options.audience));
+        claims.insert("exp".into(), json!(exp));
         match &self.identity {
-            Identity::Team { issuer_id } => claims["iss"] = json!(issuer_id),
-            Identity::Individual => claims["sub"] = json!("user"),
-        }
+            Identity::Team { issuer_id } => claims.insert("iss".into(), json!(issuer_id)),
+            Identity::Individual => claims.insert("sub".into(), json!("user")),
+        };
         if self.options.include_iat {
-            claims["iat"] = json!(now);
+            claims.insert("iat".into(), json!(now));
         }
         if !self.options.scope.is_empty() {
-            claims["scope"] = json!(self.options.scope);
+            claims.insert("scope".into(), json!(self.options.scope));
         }
-        let token = sign_jwt(&self.signer, &self.key_id, &claims)
-            .map_err(|e| ClientError::Key(e.to_string()))?;
+        let token = sign_jwt(
+            &self.signer,
+            &self.key_id,
+            &serde_json::Value::Object(claims),
+        )
+        .map_err(|e| ClientError::Key(e.to_string()))?;
         Ok((token, exp))
     }
 

@@ -75,10 +75,12 @@ impl NewAuditEvent {
             detail: serde_json::Value::Object(serde_json::Map::new()),
         }
     }
+    #[must_use]
     pub fn from_ip(mut self, ip: Option<IpAddr>) -> Self {
         self.source_ip = ip;
         self
     }
+    #[must_use]
     pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
         self.detail = detail;
         self

@@ -91,7 +91,7 @@ impl MasterKey {
         let mut buf = Zeroizing::new(ciphertext.to_vec());
         let plain = self
             .aead()?
-            .open_in_place(nonce, Aad::from(context), &mut *buf)
+            .open_in_place(nonce, Aad::from(context), &mut buf)
             .map_err(|_| {
                 Error::Internal(
                     "a sealed private key does not open under this master key (wrong KEYGATE_MASTER_KEY?)"

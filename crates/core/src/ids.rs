@@ -27,7 +27,7 @@ impl FromStr for IssuerId {
             return Err(Error::body("an issuer ID is a hyphenated UUID"));
         }
         uuid::Uuid::parse_str(s)
-            .map(|u| Self(u))
+            .map(Self)
             .map_err(|_| Error::body("an issuer ID is a hyphenated UUID"))
     }
 }

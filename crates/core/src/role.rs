@@ -134,15 +134,14 @@ impl RoleCatalog {
                     "ACCOUNT_HOLDER belongs to one person and cannot be given to a key",
                 ));
             }
-            match self.known.iter().find(|r| r.as_str() == name) {
-                Some(r) => roles.push(r.clone()),
-                None => {
-                    let shown: String = name.chars().take(64).collect();
-                    return Err(Error::attribute(
-                        "roles",
-                        format!("unknown role {shown:?}; known roles: {}", self.names()),
-                    ));
-                }
+            if let Some(r) = self.known.iter().find(|r| r.as_str() == name) {
+                roles.push(r.clone())
+            } else {
+                let shown: String = name.chars().take(64).collect();
+                return Err(Error::attribute(
+                    "roles",
+                    format!("unknown role {shown:?}; known roles: {}", self.names()),
+                ));
             }
         }
         roles.sort();

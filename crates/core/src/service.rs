@@ -294,17 +294,16 @@ impl KeyService {
             ));
         }
         let id = KeyId::generate()?;
-        let (public_key, sealed, state) = match &req.public_key {
-            Some(pem) => (
+        let (public_key, sealed, state) = if let Some(pem) = &req.public_key {
+            (
                 parse_public_key_pem(pem, req.algorithm)?,
                 None,
                 PrivateKeyState::NeverHeld,
-            ),
-            None => {
-                let pair = generate_key_pair(req.algorithm)?;
-                let sealed = self.master.seal(id.as_str().as_bytes(), &pair.private)?;
-                (pair.public, Some(sealed), PrivateKeyState::Pending)
-            }
+            )
+        } else {
+            let pair = generate_key_pair(req.algorithm)?;
+            let sealed = self.master.seal(id.as_str().as_bytes(), &pair.private)?;
+            (pair.public, Some(sealed), PrivateKeyState::Pending)
         };
         let actor = &admin.principal().actor;
         let key = ApiKey {

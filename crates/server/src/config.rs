@@ -121,6 +121,7 @@ pub struct Overrides {
     pub audiences: Vec<String>,
 }
 
+#[allow(clippy::too_many_lines)] // one pass over the layers, key by key
 /// Builds the configuration from the layers. `env` reads an environment variable (injected so
 /// tests need not touch the process environment).
 pub fn load(
@@ -273,9 +274,9 @@ pub fn load(
 
     let policy = match raw.roles {
         None => Policy::open(),
-        Some(roles) => {
+        Some(file_roles) => {
             let mut out = BTreeMap::new();
-            for (name, r) in roles {
+            for (name, r) in file_roles {
                 let role = Role::parse_name(&name).ok_or_else(|| {
                     ConfigError(format!(
                         "roles.{name}: role names are upper case letters, digits and _"

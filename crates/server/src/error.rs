@@ -58,18 +58,17 @@ impl ErrorBody {
     }
 
     fn render(self, id: &str) -> Response {
-        let mut err = json!({
-            "id": id,
-            "status": self.status.as_u16().to_string(),
-            "code": self.code,
-            "title": self.title,
-            "detail": self.detail,
-        });
+        let mut err = serde_json::Map::new();
+        err.insert("id".into(), json!(id));
+        err.insert("status".into(), json!(self.status.as_u16().to_string()));
+        err.insert("code".into(), json!(self.code));
+        err.insert("title".into(), json!(self.title));
+        err.insert("detail".into(), json!(self.detail));
         if let Some(reason) = self.reason {
-            err["meta"] = json!({"reason": reason});
+            err.insert("meta".into(), json!({"reason": reason}));
         }
         if let Some(source) = self.source {
-            err["source"] = source;
+            err.insert("source".into(), source);
         }
         let mut resp = (
             self.status,
@@ -84,6 +83,7 @@ impl ErrorBody {
     }
 }
 
+#[allow(clippy::too_many_lines)] // one exhaustive match is the point: every error maps here
 fn body_for(e: Error) -> (ErrorBody, Option<String>) {
     use StatusCode as S;
     match e {

@@ -102,6 +102,6 @@ async fn security_headers(req: Request, next: Next) -> Response {
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     // The path only: never headers or query strings, which may carry credentials.
-    tracing::debug!(%method, path = %path.chars().take(200).collect::<String>(), status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    tracing::debug!(%method, path = %path.chars().take(200).collect::<String>(), status = resp.status().as_u16(), micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "request");
     resp
 }

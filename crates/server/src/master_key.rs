@@ -1,5 +1,5 @@
 //! Where the master key comes from: `KEYGATE_MASTER_KEY` (base64 of 32 bytes), or a `master.key`
-//! file (mode 0600) beside the SQLite database, created on first start.
+//! file (mode 0600) beside the `SQLite` database, created on first start.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -91,7 +91,7 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
                 Ok(n) if n > 0 => tracing::debug!(changed = n, "key ring synced"),
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "key ring sync failed; verification continues from memory")
+                    tracing::warn!(error = %e, "key ring sync failed; verification continues from memory");
                 }
             }
         }
@@ -106,7 +106,7 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
             match keys.erase_stale_private_keys().await {
                 Ok(0) => {}
                 Ok(n) => {
-                    tracing::info!(erased = n, "erased private keys past their download window")
+                    tracing::info!(erased = n, "erased private keys past their download window");
                 }
                 Err(e) => tracing::warn!(error = %e, "download-window sweep failed"),
             }

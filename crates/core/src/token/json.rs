@@ -101,20 +101,19 @@ impl<'de> Visitor<'de> for JsonVisitor {
         let mut seen: Option<HashSet<Cow<'de, str>>> = None;
         while let Some(key) = map.next_key::<CowStr<'de>>()? {
             let key = key.0;
-            let duplicate = match &mut seen {
-                Some(set) => !set.insert(key.clone()),
-                None => {
-                    let dup = out.iter().any(|(k, _)| *k == key);
-                    if out.len() >= 16 {
-                        seen = Some(
-                            out.iter()
-                                .map(|(k, _)| k.clone())
-                                .chain([key.clone()])
-                                .collect(),
-                        );
-                    }
-                    dup
+            let duplicate = if let Some(set) = &mut seen {
+                !set.insert(key.clone())
+            } else {
+                let dup = out.iter().any(|(k, _)| *k == key);
+                if out.len() >= 16 {
+                    seen = Some(
+                        out.iter()
+                            .map(|(k, _)| k.clone())
+                            .chain([key.clone()])
+                            .collect(),
+                    );
                 }
+                dup
             };
             if duplicate {
                 return Err(de::Error::custom("duplicate member name"));
@@ -162,7 +161,7 @@ mod tests {
         assert!(Json::parse_object(br#"{"x":[{"a":1,"a":2}]}"#).is_none());
         // Escapes that decode to the same name are the same name.
         assert!(Json::parse_object(br#"{"exp":1,"\u0065xp":2}"#).is_none());
-        let many: String = (0..40).map(|i| format!("\"k{i}\":0,")).collect();
+        let many: String = (0..40).fold(String::new(), |acc, i| acc + &format!("\"k{i}\":0,"));
         assert!(Json::parse_object(format!("{{{many}\"k7\":1}}").as_bytes()).is_none());
         assert!(Json::parse_object(format!("{{{many}\"z\":1}}").as_bytes()).is_some());
     }

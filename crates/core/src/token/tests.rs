@@ -530,7 +530,7 @@ fn token_rules_table() {
         ),
         (
             "two parts",
-            Tok::Mangle(|t| t.rsplitn(2, '.').nth(1).unwrap().to_owned()),
+            Tok::Mangle(|t| t.rsplit_once('.').unwrap().0.to_owned()),
             Some(TokenMalformed),
         ),
         (
@@ -540,7 +540,7 @@ fn token_rules_table() {
         ),
         (
             "empty signature",
-            Tok::Mangle(|t| format!("{}.", t.rsplitn(2, '.').nth(1).unwrap())),
+            Tok::Mangle(|t| format!("{}.", t.rsplit_once('.').unwrap().0)),
             Some(BadSignature),
         ),
         (

@@ -21,16 +21,20 @@ const MAX_LIMIT: u32 = 200;
 fn key_resource(key: &ApiKey, now: i64, window: i64) -> Value {
     let can_download = key.can_download(now, window);
     let self_link = format!("/v1/apiKeys/{}", key.id);
-    let mut links = json!({"self": self_link});
+    let mut links = serde_json::Map::new();
     if can_download {
-        links["privateKey"] = json!(format!("{self_link}/privateKey"));
+        links.insert(
+            "privateKey".into(),
+            json!(format!("{self_link}/privateKey")),
+        );
     }
+    links.insert("self".into(), json!(self_link));
     json!({
         "type": "apiKeys",
         "id": key.id.as_str(),
         "attributes": {
             "name": key.name,
-            "roles": key.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            "roles": key.roles.iter().map(keygate_core::role::Role::as_str).collect::<Vec<_>>(),
             "keyType": key.key_type.as_str(),
             "algorithm": key.algorithm.as_str(),
             "issuerId": key.issuer_id.to_string(),
@@ -119,7 +123,7 @@ fn parse_list_query(raw: Option<&str>, now: i64) -> Result<KeyQuery, Error> {
     Ok(q)
 }
 
-/// `GET /v1/apiKeys`: ADMIN or ACCOUNT_HOLDER.
+/// `GET /v1/apiKeys`: ADMIN or `ACCOUNT_HOLDER`.
 pub async fn list_keys(
     State(state): State<AppState>,
     Caller(p): Caller,
@@ -140,7 +144,8 @@ pub async fn list_keys(
         self_link.push('?');
         self_link.push_str(r);
     }
-    let mut links = json!({"self": self_link});
+    let mut links = serde_json::Map::new();
+    links.insert("self".into(), json!(self_link));
     if let Some(next) = page.next {
         let mut params: Vec<String> = raw
             .as_deref()
@@ -150,7 +155,10 @@ pub async fn list_keys(
             .map(str::to_owned)
             .collect();
         params.push(format!("cursor={next}"));
-        links["next"] = json!(format!("/v1/apiKeys?{}", params.join("&")));
+        links.insert(
+            "next".into(),
+            json!(format!("/v1/apiKeys?{}", params.join("&"))),
+        );
     }
     Ok(json_response(&json!({
         "data": data,
@@ -159,7 +167,7 @@ pub async fn list_keys(
     })))
 }
 
-/// `GET /v1/apiKeys/{keyId}`: ADMIN or ACCOUNT_HOLDER.
+/// `GET /v1/apiKeys/{keyId}`: ADMIN or `ACCOUNT_HOLDER`.
 pub async fn get_key(
     State(state): State<AppState>,
     Caller(p): Caller,
@@ -256,7 +264,7 @@ fn parse_new_key(mut attrs: Map<String, Value>) -> Result<NewKey, Error> {
     })
 }
 
-/// `POST /v1/apiKeys`: ADMIN or ACCOUNT_HOLDER. Answers `201` with the key and, when keygate
+/// `POST /v1/apiKeys`: ADMIN or `ACCOUNT_HOLDER`. Answers `201` with the key and, when keygate
 /// generated the pair, `links.privateKey` for the one download.
 pub async fn create_key(
     State(state): State<AppState>,
@@ -287,7 +295,7 @@ pub async fn create_key(
     Ok(resp)
 }
 
-/// `GET /v1/apiKeys/{keyId}/privateKey`: ADMIN or ACCOUNT_HOLDER; succeeds once per key.
+/// `GET /v1/apiKeys/{keyId}/privateKey`: ADMIN or `ACCOUNT_HOLDER`; succeeds once per key.
 pub async fn download_private_key(
     State(state): State<AppState>,
     Caller(p): Caller,
@@ -310,7 +318,7 @@ pub async fn download_private_key(
     Ok(resp)
 }
 
-/// `PATCH /v1/apiKeys/{keyId}` with `{"isActive": false}`: ADMIN or ACCOUNT_HOLDER. Revokes;
+/// `PATCH /v1/apiKeys/{keyId}` with `{"isActive": false}`: ADMIN or `ACCOUNT_HOLDER`. Revokes;
 /// any other change is a `409`, since a key's name and roles are immutable.
 pub async fn patch_key(
     State(state): State<AppState>,

@@ -1,4 +1,4 @@
-//! The SQLite store: one file, WAL, `secure_delete` on, `synchronous=FULL`.
+//! The `SQLite` store: one file, WAL, `secure_delete` on, `synchronous=FULL`.
 //!
 //! Writes go through a single-connection pool and `BEGIN IMMEDIATE`, so they serialize inside the
 //! process without lock-upgrade failures; other processes on the same file (such as
@@ -30,7 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0
 
 const KEY_COLUMNS: &str = "id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, revoked_at, revoke_reason, expires_at";
 
-/// A keygate store in one SQLite file.
+/// A keygate store in one `SQLite` file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,

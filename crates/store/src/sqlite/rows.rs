@@ -1,4 +1,4 @@
-//! Mapping between SQLite rows and domain types, and between sqlx errors and domain errors.
+//! Mapping between `SQLite` rows and domain types, and between sqlx errors and domain errors.
 
 use keygate_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
 use keygate_core::clock::UnixTime;
@@ -12,6 +12,7 @@ use sqlx::sqlite::SqliteRow;
 /// Maps a database error to the domain. Busy and I/O conditions are `Unavailable` (the caller
 /// may retry); constraint violations are `Conflict`; anything else is `Internal`. The text goes
 /// to logs only.
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(db_err)`
 pub fn db_err(e: sqlx::Error) -> Error {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
