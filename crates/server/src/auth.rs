@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequestParts, OriginalUri};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use keygate_core::authz::Principal;
@@ -117,10 +117,15 @@ impl FromRequestParts<AppState> for Caller {
                 .into());
             }
         };
+        // Under `nest`, `parts.uri` has lost its prefix; scopes name the full path.
+        let uri = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or(&parts.uri, |o| &o.0);
         let target = RequestTarget {
             method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query().unwrap_or(""),
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
         };
         let principal = state
             .verifier
