@@ -1,0 +1,522 @@
+//! End-to-end: the real `keygate` binary on a real port and a real SQLite file, driven over HTTP
+//! and through its own CLI, as an operator and a client would.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+/// A running `keygate serve`, killed on drop. Its stderr (the log) is collected.
+struct Server {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+    db_url: String,
+}
+
+impl Server {
+    fn start(data: &Path) -> Self {
+        let db_url = format!("sqlite://{}/keygate.db", data.display());
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", &db_url])
+            .env("KEYGATE_LOG", "trace")
+            .env("KEYGATE_SYNC_INTERVAL", "100ms")
+            .env_remove("KEYGATE_MASTER_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start keygate serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut printed = Vec::new();
+        let base = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "keygate did not start; stdout: {printed:?}; log: {}",
+                        log.lock().unwrap()
+                    )
+                });
+            if let Some(addr) = line.strip_prefix("keygate listening on ") {
+                break addr.to_owned();
+            }
+            printed.push(line);
+        };
+        assert!(
+            printed.iter().any(|l| l.contains("created issuer")),
+            "first start prints the issuer ID: {printed:?}"
+        );
+        Self {
+            child,
+            base,
+            log,
+            db_url,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygate(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("KEYGATE_MASTER_KEY")
+        .output()
+        .expect("run keygate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+struct Admin {
+    issuer: String,
+    key_id: String,
+    key_file: PathBuf,
+}
+
+fn bootstrap(server: &Server, out: &Path) -> Admin {
+    let (ok, stdout, stderr) = keygate(&[
+        "admin",
+        "bootstrap",
+        "--database",
+        &server.db_url,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "bootstrap failed: {stderr}");
+    let v: Value = serde_json::from_str(stdout.trim()).expect("bootstrap prints one JSON object");
+    let key_file = PathBuf::from(v["privateKeyPath"].as_str().unwrap());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    Admin {
+        issuer: v["issuerId"].as_str().unwrap().to_owned(),
+        key_id: v["keyId"].as_str().unwrap().to_owned(),
+        key_file,
+    }
+}
+
+fn cli_token(key_file: &Path, key_id: &str, issuer: &str) -> String {
+    let (ok, stdout, stderr) = keygate(&[
+        "token",
+        "--key",
+        key_file.to_str().unwrap(),
+        "--key-id",
+        key_id,
+        "--issuer-id",
+        issuer,
+    ]);
+    assert!(ok, "keygate token failed: {stderr}");
+    stdout.trim().to_owned()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn create_key(server: &Server, admin_token: &str, roles: &[&str]) -> String {
+    let resp = http()
+        .post(server.url("/v1/apiKeys"))
+        .bearer_auth(admin_token)
+        .json(&json!({"data": {"type": "apiKeys", "attributes": {"name": "e2e", "roles": roles}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let doc: Value = resp.json().await.unwrap();
+    doc["data"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn reason(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let doc: Value = resp.json().await.unwrap();
+    (
+        status,
+        doc["errors"][0]["meta"]["reason"]
+            .as_str()
+            .or(doc["errors"][0]["code"].as_str())
+            .unwrap_or("")
+            .to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_key_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+
+    // 1. Bootstrap an admin key while the server runs; the server accepts it within 2 s.
+    let admin = bootstrap(&server, &dir.path().join("keys"));
+    let admin_token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
+    let started = Instant::now();
+    loop {
+        let status = http()
+            .get(server.url("/v1/issuer"))
+            .bearer_auth(&admin_token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "bootstrapped key not accepted within 2 s (last status {status})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 2. Create a DEVELOPER key.
+    let key_id = create_key(&server, &admin_token, &["DEVELOPER"]).await;
+
+    // 3. Download the .p8 with the CLI; openssl reads it as P-256.
+    let keys_dir = dir.path().join("keys");
+    let (ok, _, stderr) = keygate(&[
+        "keys",
+        "download",
+        &key_id,
+        "--out",
+        keys_dir.to_str().unwrap(),
+        "--server",
+        &server.base,
+        "--key",
+        admin.key_file.to_str().unwrap(),
+        "--key-id",
+        &admin.key_id,
+        "--issuer-id",
+        &admin.issuer,
+    ]);
+    assert!(ok, "keys download failed: {stderr}");
+    let p8 = keys_dir.join(format!("AuthKey_{key_id}.p8"));
+    let pem = std::fs::read_to_string(&p8).unwrap();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    let openssl = Command::new("openssl")
+        .args(["pkey", "-in", p8.to_str().unwrap(), "-noout", "-text"])
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        openssl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&openssl.stderr)
+    );
+    let text = String::from_utf8_lossy(&openssl.stdout);
+    assert!(
+        text.contains("prime256v1") || text.contains("P-256"),
+        "{text}"
+    );
+
+    // 4. A second download gets 410.
+    let resp = http()
+        .get(server.url(&format!("/v1/apiKeys/{key_id}/privateKey")))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(resp).await,
+        (410, "PRIVATE_KEY_ALREADY_DOWNLOADED".to_owned())
+    );
+
+    // 5. Tokens from `keygate token` and from an independent JWT library pass /authz.
+    let cli = cli_token(&p8, &key_id, &admin.issuer);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(key_id.clone());
+    let enc = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    // App Store Connect's shape: no iat, a bid claim, 20 minutes.
+    let independent = jsonwebtoken::encode(&header, &json!({"iss": admin.issuer, "aud": "keygate-v1", "exp": now + 1200, "bid": "com.example.app"}), &enc).unwrap();
+    for (name, token) in [("keygate token", &cli), ("jsonwebtoken", &independent)] {
+        let resp = http()
+            .get(server.url("/authz/v1/apps?limit=5"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{name}");
+        assert_eq!(resp.headers()["x-keygate-key-id"], key_id.as_str());
+        assert_eq!(resp.headers()["x-keygate-roles"], "DEVELOPER");
+        let resp = http()
+            .get(server.url("/authz"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-original-method", "POST")
+            .header("x-original-uri", "/v1/builds")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{name} via X-Original-*");
+    }
+
+    // 6. Revoke; the next call gets 401 KEY_REVOKED.
+    let (ok, _, stderr) = keygate(&[
+        "keys",
+        "revoke",
+        &key_id,
+        "--reason",
+        "e2e",
+        "--server",
+        &server.base,
+        "--key",
+        admin.key_file.to_str().unwrap(),
+        "--key-id",
+        &admin.key_id,
+        "--issuer-id",
+        &admin.issuer,
+    ]);
+    assert!(ok, "keys revoke failed: {stderr}");
+    for token in [&cli, &independent] {
+        let resp = http()
+            .get(server.url("/authz/v1/apps"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reason(resp).await, (401, "KEY_REVOKED".to_owned()));
+    }
+    let (ok, listing, _) = keygate(&[
+        "keys",
+        "list",
+        "--json",
+        "--server",
+        &server.base,
+        "--key",
+        admin.key_file.to_str().unwrap(),
+        "--key-id",
+        &admin.key_id,
+        "--issuer-id",
+        &admin.issuer,
+    ]);
+    assert!(ok);
+    let listing: Value = serde_json::from_str(&listing).unwrap();
+    let revoked = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == key_id.as_str())
+        .unwrap();
+    assert_eq!(
+        revoked["isActive"], false,
+        "revoked keys stay listed, marked revoked"
+    );
+
+    // The trace-level log never holds key material or tokens.
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.contains("private key downloaded"),
+        "the log is being captured"
+    );
+    let pem_body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    for (what, secret) in [
+        ("private key", pem_body.get(..40).unwrap()),
+        ("CLI token", cli.as_str()),
+        ("JWT signature", independent.rsplit('.').next().unwrap()),
+        ("admin token", admin_token.as_str()),
+    ] {
+        assert!(!log.contains(secret), "the log contains a {what}");
+    }
+    for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(
+            !log.contains(line),
+            "the log contains a line of the private key"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_downloads_succeed_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let admin = bootstrap(&server, &dir.path().join("keys"));
+    let token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the server pick up the bootstrapped key
+    for round in 0..3 {
+        let key_id = create_key(&server, &token, &["DEVELOPER"]).await;
+        let url = server.url(&format!("/v1/apiKeys/{key_id}/privateKey"));
+        let client = http();
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let (client, url, token) = (client.clone(), url.clone(), token.clone());
+                tokio::spawn(async move {
+                    let resp = client.get(url).bearer_auth(token).send().await.unwrap();
+                    let status = resp.status().as_u16();
+                    (status, resp.text().await.unwrap())
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        let mut gone = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                (200, body) => {
+                    assert!(body.starts_with("-----BEGIN PRIVATE KEY-----"));
+                    ok += 1;
+                }
+                (410, body) => {
+                    assert!(body.contains("PRIVATE_KEY_ALREADY_DOWNLOADED"), "{body}");
+                    gone += 1;
+                }
+                (status, body) => panic!("round {round}: unexpected {status}: {body}"),
+            }
+        }
+        assert_eq!((ok, gone), (1, 31), "round {round}");
+    }
+}
+
+/// Every file in a folder, by name.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            out.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                std::fs::read(entry.path()).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The private scalar inside a P-256 PKCS#8 document (after `02 01 01 04 20` of ECPrivateKey).
+fn p256_scalar(der: &[u8]) -> Vec<u8> {
+    let marker = [0x02, 0x01, 0x01, 0x04, 0x20];
+    let at = der
+        .windows(5)
+        .position(|w| w == marker)
+        .expect("ECPrivateKey in PKCS#8")
+        + 5;
+    der[at..at + 32].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_key_bytes_are_never_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let admin = bootstrap(&server, &dir.path().join("keys"));
+    let token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut keys = Vec::new();
+    for _ in 0..5 {
+        keys.push(create_key(&server, &token, &["DEVELOPER"]).await);
+    }
+    let before = snapshot(&data);
+    assert!(before.iter().any(|(n, _)| n == "keygate.db"));
+
+    let mut secrets = Vec::new();
+    for key_id in &keys {
+        let resp = http()
+            .get(server.url(&format!("/v1/apiKeys/{key_id}/privateKey")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let pem = resp.text().await.unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(&body)
+            .unwrap();
+        secrets.push((key_id.clone(), pem, der));
+    }
+    let after = snapshot(&data);
+
+    for (key_id, pem, der) in &secrets {
+        let scalar = p256_scalar(der);
+        let hex: String = scalar.iter().map(|b| format!("{b:02x}")).collect();
+        let needles: Vec<(&str, Vec<u8>)> = vec![
+            ("private scalar", scalar.clone()),
+            ("private scalar in hex", hex.into_bytes()),
+            ("PKCS#8 DER", der.clone()),
+            (
+                "PEM line 1",
+                pem.lines().nth(1).unwrap().as_bytes().to_vec(),
+            ),
+            (
+                "PEM line 2",
+                pem.lines().nth(2).unwrap().as_bytes().to_vec(),
+            ),
+        ];
+        for (when, files) in [("before download", &before), ("after download", &after)] {
+            for (file, bytes) in files.iter() {
+                for (what, needle) in &needles {
+                    assert!(
+                        !contains(bytes, needle),
+                        "{what} of key {key_id} found in {file} {when}"
+                    );
+                }
+            }
+        }
+    }
+    // After the download, not even the sealed copy remains: the pending row is gone and the
+    // WAL that held it was checkpointed and truncated.
+    let wal = after
+        .iter()
+        .find(|(n, _)| n == "keygate.db-wal")
+        .map_or(0, |(_, b)| b.len());
+    assert_eq!(wal, 0, "the WAL is truncated after a download");
+    for (key_id, _, _) in &secrets {
+        let doc: Value = http()
+            .get(server.url(&format!("/v1/apiKeys/{key_id}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["data"]["attributes"]["privateKeyState"], "DOWNLOADED");
+        assert_eq!(doc["data"]["attributes"]["canDownload"], false);
+    }
+}
