@@ -1,5 +1,14 @@
-//! End-to-end: the real `keygate` binary on a real port and a real SQLite file, driven over HTTP
+//! End-to-end: the real `keygate` binary on a real port and a real `SQLite` file, driven over HTTP
 //! and through its own CLI, as an operator and a client would.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::too_many_lines,
+    clippy::needless_pass_by_value
+)] // test code: a failed expectation should panic; scenarios read top to bottom
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -263,10 +272,7 @@ async fn the_whole_key_lifecycle() {
 
     // 5. Tokens from `keygate token` and from an independent JWT library pass /authz.
     let cli = cli_token(&p8, &key_id, &admin.issuer);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = keygate_core::clock::Clock::now(&keygate_core::clock::SystemClock);
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(key_id.clone());
     let enc = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
@@ -427,7 +433,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The private scalar inside a P-256 PKCS#8 document (after `02 01 01 04 20` of ECPrivateKey).
+/// The private scalar inside a P-256 PKCS#8 document (after `02 01 01 04 20` of `ECPrivateKey`).
 fn p256_scalar(der: &[u8]) -> Vec<u8> {
     let marker = [0x02, 0x01, 0x01, 0x04, 0x20];
     let at = der
@@ -474,7 +480,9 @@ async fn private_key_bytes_are_never_at_rest() {
 
     for (key_id, pem, der) in &secrets {
         let scalar = p256_scalar(der);
-        let hex: String = scalar.iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = scalar
+            .iter()
+            .fold(String::new(), |acc, b| acc + &format!("{b:02x}"));
         let needles: Vec<(&str, Vec<u8>)> = vec![
             ("private scalar", scalar.clone()),
             ("private scalar in hex", hex.into_bytes()),
@@ -489,7 +497,7 @@ async fn private_key_bytes_are_never_at_rest() {
             ),
         ];
         for (when, files) in [("before download", &before), ("after download", &after)] {
-            for (file, bytes) in files.iter() {
+            for (file, bytes) in files {
                 for (what, needle) in &needles {
                     assert!(
                         !contains(bytes, needle),

@@ -135,7 +135,7 @@ impl RoleCatalog {
                 ));
             }
             if let Some(r) = self.known.iter().find(|r| r.as_str() == name) {
-                roles.push(r.clone())
+                roles.push(r.clone());
             } else {
                 let shown: String = name.chars().take(64).collect();
                 return Err(Error::attribute(

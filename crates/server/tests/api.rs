@@ -1,5 +1,14 @@
 //! Router tests: the whole management API and forward auth through `app(state).oneshot()`, on a
-//! real SQLite file, with a manual clock so expiry is tested without sleeping.
+//! real `SQLite` file, with a manual clock so expiry is tested without sleeping.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::too_many_lines,
+    clippy::needless_pass_by_value
+)] // test code: a failed expectation should panic; scenarios read top to bottom
 
 use std::sync::Arc;
 
@@ -97,16 +106,15 @@ impl Harness {
             None => b.body(Body::empty()).unwrap(),
         };
         let (status, headers, bytes) = self.send(req).await;
-        if !bytes.is_empty() && status != StatusCode::OK
-            || uri.starts_with("/v1") && !uri.ends_with("/privateKey")
+        if (!bytes.is_empty() && status != StatusCode::OK
+            || uri.starts_with("/v1") && !uri.ends_with("/privateKey"))
+            && !bytes.is_empty()
         {
-            if !bytes.is_empty() {
-                assert_eq!(
-                    headers.get(header::CONTENT_TYPE).unwrap(),
-                    "application/json",
-                    "{method} {uri}"
-                );
-            }
+            assert_eq!(
+                headers.get(header::CONTENT_TYPE).unwrap(),
+                "application/json",
+                "{method} {uri}"
+            );
         }
         let json = if bytes.is_empty() {
             Value::Null

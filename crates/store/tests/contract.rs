@@ -1,0 +1,641 @@
+//! The store contract: one suite of behaviours every backend must show, run against each backend
+//! by the `backend!` macro at the bottom. A new backend adds one line there.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::too_many_lines,
+    clippy::needless_pass_by_value
+)] // test code: a failed expectation should panic; scenarios read top to bottom
+
+use std::sync::Arc;
+
+use keygate_core::audit::{AuditAction, NewAuditEvent};
+use keygate_core::crypto::{MasterKey, generate_key_pair};
+use keygate_core::error::{Error, PrivateKeyUnavailable};
+use keygate_core::ids::{Actor, IssuerId, KeyId};
+use keygate_core::key::{
+    Algorithm, ApiKey, KeyCursor, KeyQuery, KeyType, PrivateKeyState, StatusFilter,
+};
+use keygate_core::role::RoleCatalog;
+use keygate_core::store::{Issuer, Store, TakePrivateKey};
+
+const T0: i64 = 1_795_687_200;
+
+fn event(issuer: IssuerId, action: AuditAction, target: &str) -> NewAuditEvent {
+    NewAuditEvent::new(issuer, T0, &Actor::System("test"), action, target)
+}
+
+async fn issuer(store: &Arc<dyn Store>) -> IssuerId {
+    let id = IssuerId::generate();
+    let issuer = Issuer {
+        id,
+        name: "test".into(),
+        created_at: T0,
+    };
+    store
+        .create_issuer(
+            &issuer,
+            &event(id, AuditAction::IssuerCreated, &id.to_string()),
+        )
+        .await
+        .unwrap();
+    id
+}
+
+fn key(issuer: IssuerId, created_at: i64, state: PrivateKeyState) -> ApiKey {
+    ApiKey {
+        id: KeyId::generate().unwrap(),
+        issuer_id: issuer,
+        name: "contract key".into(),
+        roles: RoleCatalog::default()
+            .key_roles(&["DEVELOPER", "FINANCE"])
+            .unwrap(),
+        key_type: KeyType::Team,
+        algorithm: Algorithm::Es256,
+        public_key: generate_key_pair(Algorithm::Es256).unwrap().public,
+        private_key: state,
+        created_by: "apiKey:ABCDEFGHIJ".into(),
+        created_at,
+        last_used_at: None,
+        revoked_at: None,
+        revoke_reason: None,
+        expires_at: None,
+    }
+}
+
+/// Inserts a pending key with a sealed private half.
+async fn pending_key(store: &Arc<dyn Store>, issuer: IssuerId, created_at: i64) -> ApiKey {
+    let k = key(issuer, created_at, PrivateKeyState::Pending);
+    let pair = generate_key_pair(Algorithm::Es256).unwrap();
+    let sealed = MasterKey::generate()
+        .unwrap()
+        .seal(k.id.as_str().as_bytes(), &pair.private)
+        .unwrap();
+    store
+        .insert_key(
+            &k,
+            Some(&sealed),
+            1000,
+            &event(issuer, AuditAction::KeyCreated, k.id.as_str()),
+        )
+        .await
+        .unwrap();
+    k
+}
+
+async fn issuers_round_trip(store: Arc<dyn Store>) {
+    let a = issuer(&store).await;
+    let b = issuer(&store).await;
+    assert_eq!(store.get_issuer(a).await.unwrap().unwrap().id, a);
+    assert!(
+        store
+            .get_issuer(IssuerId::generate())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let all: Vec<IssuerId> = store
+        .list_issuers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert!(all.contains(&a) && all.contains(&b));
+}
+
+async fn keys_round_trip_exactly(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let mut k = key(iss, T0, PrivateKeyState::NeverHeld);
+    k.expires_at = Some(T0 + 100);
+    store
+        .insert_key(
+            &k,
+            None,
+            10,
+            &event(iss, AuditAction::KeyCreated, k.id.as_str()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_key(iss, k.id).await.unwrap().unwrap(), k);
+    assert!(
+        store
+            .get_key(IssuerId::generate(), k.id)
+            .await
+            .unwrap()
+            .is_none(),
+        "keys are scoped to their issuer"
+    );
+    let err = store
+        .insert_key(
+            &k,
+            None,
+            10,
+            &event(iss, AuditAction::KeyCreated, k.id.as_str()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict(_)),
+        "a duplicate ID is a conflict: {err:?}"
+    );
+}
+
+async fn the_active_key_cap_holds_under_concurrency(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let k = key(iss, T0, PrivateKeyState::NeverHeld);
+                store
+                    .insert_key(
+                        &k,
+                        None,
+                        5,
+                        &event(iss, AuditAction::KeyCreated, k.id.as_str()),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => created += 1,
+            Err(Error::Conflict(_)) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(created, 5);
+    // Revoked keys do not count.
+    let page = store
+        .list_keys(
+            iss,
+            &KeyQuery {
+                status: None,
+                key_type: None,
+                after: None,
+                limit: 1,
+                now: T0,
+            },
+        )
+        .await
+        .unwrap();
+    let victim = page.items[0].id;
+    store
+        .revoke_key(
+            iss,
+            victim,
+            None,
+            T0,
+            &event(iss, AuditAction::KeyRevoked, victim.as_str()),
+        )
+        .await
+        .unwrap();
+    let k = key(iss, T0, PrivateKeyState::NeverHeld);
+    store
+        .insert_key(
+            &k,
+            None,
+            5,
+            &event(iss, AuditAction::KeyCreated, k.id.as_str()),
+        )
+        .await
+        .unwrap();
+}
+
+async fn a_private_key_is_taken_exactly_once(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let k = pending_key(&store, iss, T0).await;
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .take_private_key(
+                        iss,
+                        k.id,
+                        T0 - 3600,
+                        T0 + 1,
+                        &event(iss, AuditAction::PrivateKeyDownloaded, k.id.as_str()),
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut taken = 0;
+    let mut already = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            TakePrivateKey::Taken(_) => taken += 1,
+            TakePrivateKey::Unavailable(PrivateKeyUnavailable::AlreadyDownloaded) => already += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((taken, already), (1, 31));
+    assert_eq!(
+        store.get_key(iss, k.id).await.unwrap().unwrap().private_key,
+        PrivateKeyState::Downloaded(T0 + 1)
+    );
+
+    // Another issuer cannot take it; unknown keys are not found.
+    let other = issuer(&store).await;
+    let k2 = pending_key(&store, iss, T0).await;
+    assert!(matches!(
+        store
+            .take_private_key(
+                other,
+                k2.id,
+                T0 - 3600,
+                T0,
+                &event(other, AuditAction::PrivateKeyDownloaded, "x")
+            )
+            .await
+            .unwrap(),
+        TakePrivateKey::NotFound
+    ));
+    // Past the window: erased, not handed out.
+    assert!(matches!(
+        store
+            .take_private_key(
+                iss,
+                k2.id,
+                T0,
+                T0 + 10,
+                &event(iss, AuditAction::PrivateKeyDownloaded, "x")
+            )
+            .await
+            .unwrap(),
+        TakePrivateKey::Unavailable(PrivateKeyUnavailable::Erased)
+    ));
+    assert_eq!(
+        store
+            .get_key(iss, k2.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .private_key,
+        PrivateKeyState::Erased(T0 + 10)
+    );
+    // Supplied public keys have nothing to take.
+    let k3 = key(iss, T0, PrivateKeyState::NeverHeld);
+    store
+        .insert_key(&k3, None, 100, &event(iss, AuditAction::KeyCreated, "x"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .take_private_key(
+                iss,
+                k3.id,
+                T0 - 10,
+                T0,
+                &event(iss, AuditAction::PrivateKeyDownloaded, "x")
+            )
+            .await
+            .unwrap(),
+        TakePrivateKey::Unavailable(PrivateKeyUnavailable::NeverHeld)
+    ));
+}
+
+async fn revocation_is_final(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let k = pending_key(&store, iss, T0).await;
+    let revoked = store
+        .revoke_key(
+            iss,
+            k.id,
+            Some("leaked"),
+            T0 + 5,
+            &event(iss, AuditAction::KeyRevoked, k.id.as_str()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(T0 + 5));
+    assert_eq!(revoked.revoke_reason.as_deref(), Some("leaked"));
+    assert_eq!(
+        revoked.private_key,
+        PrivateKeyState::Erased(T0 + 5),
+        "revoking erases a pending private key"
+    );
+    let again = store
+        .revoke_key(
+            iss,
+            k.id,
+            Some("other"),
+            T0 + 9,
+            &event(iss, AuditAction::KeyRevoked, k.id.as_str()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, revoked, "revoking again changes nothing");
+    assert!(
+        store
+            .revoke_key(
+                IssuerId::generate(),
+                k.id,
+                None,
+                T0,
+                &event(iss, AuditAction::KeyRevoked, "x")
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        store
+            .take_private_key(
+                iss,
+                k.id,
+                T0 - 10,
+                T0 + 10,
+                &event(iss, AuditAction::PrivateKeyDownloaded, "x")
+            )
+            .await
+            .unwrap(),
+        TakePrivateKey::Unavailable(PrivateKeyUnavailable::Erased)
+    ));
+}
+
+async fn stale_private_keys_are_erased(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let old = pending_key(&store, iss, T0 - 100_000).await;
+    let fresh = pending_key(&store, iss, T0).await;
+    let erased = store
+        .erase_stale_private_keys(T0 - 86_400, T0, &Actor::System("test"))
+        .await
+        .unwrap();
+    let ids: Vec<KeyId> = erased.iter().map(|k| k.id).collect();
+    assert!(ids.contains(&old.id) && !ids.contains(&fresh.id));
+    assert_eq!(
+        store
+            .get_key(iss, old.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .private_key,
+        PrivateKeyState::Erased(T0)
+    );
+    assert_eq!(
+        store
+            .get_key(iss, fresh.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .private_key,
+        PrivateKeyState::Pending
+    );
+}
+
+async fn lists_filter_and_page(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let k = key(iss, T0 + i / 2, PrivateKeyState::NeverHeld);
+        store
+            .insert_key(
+                &k,
+                None,
+                100,
+                &event(iss, AuditAction::KeyCreated, k.id.as_str()),
+            )
+            .await
+            .unwrap();
+        ids.push(k.id);
+    }
+    store
+        .revoke_key(
+            iss,
+            ids[0],
+            None,
+            T0,
+            &event(iss, AuditAction::KeyRevoked, "x"),
+        )
+        .await
+        .unwrap();
+    let mut expiring = key(iss, T0, PrivateKeyState::NeverHeld);
+    expiring.expires_at = Some(T0 + 50);
+    store
+        .insert_key(
+            &expiring,
+            None,
+            100,
+            &event(iss, AuditAction::KeyCreated, "x"),
+        )
+        .await
+        .unwrap();
+
+    let q = |status, after, limit, now| KeyQuery {
+        status,
+        key_type: None,
+        after,
+        limit,
+        now,
+    };
+    assert_eq!(
+        store
+            .list_keys(iss, &q(None, None, 100, T0))
+            .await
+            .unwrap()
+            .total,
+        8
+    );
+    assert_eq!(
+        store
+            .list_keys(iss, &q(Some(StatusFilter::Active), None, 100, T0))
+            .await
+            .unwrap()
+            .total,
+        7
+    );
+    assert_eq!(
+        store
+            .list_keys(iss, &q(Some(StatusFilter::Revoked), None, 100, T0))
+            .await
+            .unwrap()
+            .total,
+        1
+    );
+    assert_eq!(
+        store
+            .list_keys(iss, &q(Some(StatusFilter::Revoked), None, 100, T0 + 60))
+            .await
+            .unwrap()
+            .total,
+        2,
+        "expired keys count as not active"
+    );
+    let individual = KeyQuery {
+        key_type: Some(KeyType::Individual),
+        ..q(None, None, 100, T0)
+    };
+    assert_eq!(store.list_keys(iss, &individual).await.unwrap().total, 0);
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_keys(iss, &q(None, after.clone(), 3, T0))
+            .await
+            .unwrap();
+        let mut prev: Option<(i64, KeyId)> = seen.last().map(|k: &ApiKey| (k.created_at, k.id));
+        for k in &page.items {
+            if let Some(p) = prev {
+                assert!((k.created_at, k.id) < p, "newest first, strictly ordered");
+            }
+            prev = Some((k.created_at, k.id));
+        }
+        seen.extend(page.items);
+        match page.next {
+            Some(c) => after = Some(KeyCursor::decode(&c).unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 8);
+}
+
+async fn the_change_feed_sees_every_change(store: Arc<dyn Store>) {
+    let (start, _) = store.load_all_keys().await.unwrap();
+    let iss = issuer(&store).await;
+    let a = pending_key(&store, iss, T0).await;
+    let b = pending_key(&store, iss, T0).await;
+    store
+        .revoke_key(
+            iss,
+            a.id,
+            None,
+            T0,
+            &event(iss, AuditAction::KeyRevoked, "x"),
+        )
+        .await
+        .unwrap();
+    store
+        .take_private_key(
+            iss,
+            b.id,
+            T0 - 10,
+            T0,
+            &event(iss, AuditAction::PrivateKeyDownloaded, "x"),
+        )
+        .await
+        .unwrap();
+    let changes = store.changes_since(start, 100).await.unwrap();
+    let order: Vec<KeyId> = changes.iter().map(|(_, k)| *k).collect();
+    assert_eq!(order, [a.id, b.id, a.id, b.id]);
+    assert!(
+        changes.windows(2).all(|w| w[0].0 < w[1].0),
+        "positions increase"
+    );
+    let (seq, all) = store.load_all_keys().await.unwrap();
+    assert_eq!(seq, changes.last().unwrap().0);
+    assert!(all.iter().any(|k| k.id == a.id && k.revoked_at.is_some()));
+    assert!(store.changes_since(seq, 100).await.unwrap().is_empty());
+    let got = store
+        .keys_by_id(&[a.id, b.id, KeyId::generate().unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        store.changes_since(start, 2).await.unwrap().len(),
+        2,
+        "the limit is honoured"
+    );
+}
+
+async fn the_audit_log_is_chained(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let k = pending_key(&store, iss, T0).await;
+    store
+        .take_private_key(
+            iss,
+            k.id,
+            T0 - 10,
+            T0,
+            &event(iss, AuditAction::PrivateKeyDownloaded, k.id.as_str())
+                .from_ip(Some("127.0.0.1".parse().unwrap())),
+        )
+        .await
+        .unwrap();
+    store
+        .revoke_key(
+            iss,
+            k.id,
+            None,
+            T0,
+            &event(iss, AuditAction::KeyRevoked, k.id.as_str()),
+        )
+        .await
+        .unwrap();
+    let page = store.list_audit_events(iss, None, 10).await.unwrap();
+    let actions: Vec<AuditAction> = page.items.iter().map(|e| e.event.action).collect();
+    assert_eq!(
+        actions,
+        [
+            AuditAction::KeyRevoked,
+            AuditAction::PrivateKeyDownloaded,
+            AuditAction::KeyCreated,
+            AuditAction::IssuerCreated
+        ]
+    );
+    assert_eq!(
+        page.items[1].event.source_ip,
+        Some("127.0.0.1".parse().unwrap())
+    );
+    assert!(page.items.windows(2).all(|w| w[0].seq > w[1].seq));
+    let older = store
+        .list_audit_events(iss, Some(page.items[1].seq), 10)
+        .await
+        .unwrap();
+    assert_eq!(older.items.len(), 2);
+    // Each test has its own store, so this issuer's events are the whole chain: each hash
+    // covers its event and the hash before it, back to the first event's empty predecessor.
+    for w in page.items.windows(2) {
+        assert_eq!(w[0].seq, w[1].seq + 1);
+        assert_eq!(w[0].event.chain_hash(w[0].seq, &w[1].hash), w[0].hash);
+    }
+    let first = page.items.last().unwrap();
+    assert_eq!(first.event.chain_hash(first.seq, &[]), first.hash);
+}
+
+macro_rules! backend {
+    ($module:ident, $open:expr) => {
+        mod $module {
+            use super::*;
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let (_guard, store) = $open.await;
+                        super::$name(store).await;
+                    }
+                };
+            }
+            case!(issuers_round_trip);
+            case!(keys_round_trip_exactly);
+            case!(the_active_key_cap_holds_under_concurrency);
+            case!(a_private_key_is_taken_exactly_once);
+            case!(revocation_is_final);
+            case!(stale_private_keys_are_erased);
+            case!(lists_filter_and_page);
+            case!(the_change_feed_sees_every_change);
+            case!(the_audit_log_is_chained);
+        }
+    };
+}
+
+async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = keygate_store::open(&format!("sqlite://{}/contract.db", dir.path().display()))
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+backend!(sqlite_backend, sqlite());
