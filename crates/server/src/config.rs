@@ -379,7 +379,7 @@ pub fn describe(config: &Config) -> String {
                 let _ = writeln!(out, "    long_lived {}", p.as_str());
             }
             if let Some(n) = rp.rate_limit_per_hour {
-                let _ = writeln!(out, "    rate limit {n}/hour");
+                let _ = writeln!(out, "    rate limit {n}/hour (parsed; not enforced yet)");
             }
         }
     } else {
@@ -461,6 +461,14 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(err.contains("alow"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../keygate.example.toml");
+        let c = load(Some(&path), &no_env, &Overrides::default()).unwrap();
+        assert!(c.policy.is_enforced());
+        assert!(describe(&c).contains("long_lived GET /v1/ciProducts/**"));
     }
 
     #[test]
