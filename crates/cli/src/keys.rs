@@ -108,11 +108,13 @@ pub async fn run(cmd: KeysCommand) -> Result<()> {
             target: key,
             out,
         } => {
-            let pem = conn.client()?.download_private_key(&key).await?;
+            // Reserve the file first: the key can be fetched only once, so it must never be
+            // fetched into a folder it cannot be written to.
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
-            let path = out.join(format!("AuthKey_{key}.p8"));
-            write_private_file(&path, pem.expose())?;
+            let file = PrivateFile::reserve(&out.join(format!("AuthKey_{key}.p8")))?;
+            let pem = conn.client()?.download_private_key(&key).await?;
+            let path = file.write(pem.expose())?;
             if conn.json {
                 println!(
                     "{}",
@@ -165,16 +167,60 @@ fn table(keys: &[ApiKeyInfo]) -> String {
     out
 }
 
-/// Writes a private key file readable only by its owner; refuses to overwrite.
-pub fn write_private_file(path: &Path, contents: &str) -> Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()?;
-    Ok(())
+/// A file (mode 0600, never overwriting) reserved before the secret it will hold exists, so a
+/// once-only secret is never fetched into a place it cannot be written. Removed on drop unless
+/// written.
+#[derive(Debug)]
+pub struct PrivateFile {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+impl PrivateFile {
+    pub fn reserve(path: &Path) -> Result<Self> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self {
+            file: Some(file),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Writes and syncs the contents; returns the path.
+    pub fn write(mut self, contents: &str) -> Result<PathBuf> {
+        let mut file = self.file.take().context("file already written")?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        Ok(std::mem::take(&mut self.path))
+    }
+
+    /// Writes, then gives the file its final name (which must not exist yet).
+    pub fn write_as(self, contents: &str, final_path: &Path) -> Result<PathBuf> {
+        let temp = self.write(contents)?;
+        match std::fs::hard_link(&temp, final_path) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&temp);
+                Ok(final_path.to_owned())
+            }
+            // The secret is written; keep it where it is rather than lose it.
+            Err(e) => anyhow::bail!(
+                "cannot name the key file {}: {e}; the private key is in {}",
+                final_path.display(),
+                temp.display()
+            ),
+        }
+    }
+}
+
+impl Drop for PrivateFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }

@@ -201,13 +201,13 @@ async fn serve_cmd(args: ServeArgs) -> Result<()> {
     };
     let cfg = config::load(args.config.as_deref(), &env_var, &overrides)?;
     let master = master_key::resolve(env_var("KEYGATE_MASTER_KEY"), &cfg.database)?;
-    serve::run(cfg, master, |addr, node| {
+    serve::run(cfg, master, |addr, issuer, created| {
         #[allow(clippy::print_stdout)]
         {
-            if node.issuer_created {
+            if created {
                 println!(
                     "keygate: created issuer {} (Issuer ID). This is shown once.",
-                    node.issuer.id
+                    issuer.id
                 );
                 println!(
                     "keygate: create the first admin key with: keygate admin bootstrap --out DIR"
@@ -236,11 +236,13 @@ async fn bootstrap(
         .map(|s| s.parse())
         .transpose()
         .map_err(|_| anyhow::anyhow!("--issuer-id must be a hyphenated UUID"))?;
-    let node = serve::build(&cfg, master, Arc::new(SystemClock)).await?;
-    let (key, pem) = node.state.keys.bootstrap_admin_key(issuer_id).await?;
+    // The folder must take the key before the key exists: nobody else will ever hold it.
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let path = out.join(format!("AuthKey_{}.p8", key.id));
-    keys::write_private_file(&path, pem.expose())?;
+    let file =
+        keys::PrivateFile::reserve(&out.join(format!(".AuthKey-{}.p8.tmp", std::process::id())))?;
+    let state = serve::build(&cfg, master, Arc::new(SystemClock)).await?;
+    let (key, pem) = state.keys.bootstrap_admin_key(issuer_id).await?;
+    let path = file.write_as(pem.expose(), &out.join(format!("AuthKey_{}.p8", key.id)))?;
     let summary = serde_json::json!({
         "issuerId": key.issuer_id.to_string(),
         "keyId": key.id.as_str(),

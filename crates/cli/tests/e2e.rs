@@ -222,8 +222,28 @@ async fn the_whole_key_lifecycle() {
     // 2. Create a DEVELOPER key.
     let key_id = create_key(&server, &admin_token, &["DEVELOPER"]).await;
 
-    // 3. Download the .p8 with the CLI; openssl reads it as P-256.
+    // 3. Download the .p8 with the CLI; openssl reads it as P-256. A target file that already
+    //    exists stops the CLI before it spends the one download.
     let keys_dir = dir.path().join("keys");
+    let blocker = keys_dir.join(format!("AuthKey_{key_id}.p8"));
+    std::fs::write(&blocker, "in the way").unwrap();
+    let (ok, _, stderr) = keygate(&[
+        "keys",
+        "download",
+        &key_id,
+        "--out",
+        keys_dir.to_str().unwrap(),
+        "--server",
+        &server.base,
+        "--key",
+        admin.key_file.to_str().unwrap(),
+        "--key-id",
+        &admin.key_id,
+        "--issuer-id",
+        &admin.issuer,
+    ]);
+    assert!(!ok && stderr.contains("cannot create"), "{stderr}");
+    std::fs::remove_file(&blocker).unwrap();
     let (ok, _, stderr) = keygate(&[
         "keys",
         "download",
@@ -527,4 +547,46 @@ async fn private_key_bytes_are_never_at_rest() {
         assert_eq!(doc["data"]["attributes"]["privateKeyState"], "DOWNLOADED");
         assert_eq!(doc["data"]["attributes"]["canDownload"], false);
     }
+}
+
+#[test]
+fn bootstrap_offline_creates_exactly_the_issuer_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/data/keygate.db", dir.path().display());
+    let out = dir.path().join("keys");
+    let issuer = "57246542-96fe-1a63-e053-0824d011072a";
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "admin",
+            "bootstrap",
+            "--database",
+            &db,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = keygate(&args);
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<Value>(stdout.trim()).unwrap()
+    };
+    let first = run(&["--issuer-id", issuer]);
+    assert_eq!(first["issuerId"], issuer);
+    let second = run(&[]);
+    assert_eq!(
+        second["issuerId"], issuer,
+        "with an issuer present, bootstrap uses it"
+    );
+    assert_ne!(first["keyId"], second["keyId"]);
+    let (ok, _, stderr) = keygate(&[
+        "admin",
+        "bootstrap",
+        "--database",
+        &db,
+        "--out",
+        out.to_str().unwrap(),
+        "--issuer-id",
+        "not-a-uuid",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("--issuer-id"), "{stderr}");
 }

@@ -62,11 +62,25 @@ impl MasterKey {
     /// Encrypts a pending private key. `context` (the key ID) is bound as associated data, so a
     /// sealed blob cannot be moved to another key's row.
     pub fn seal(&self, context: &[u8], plaintext: &PrivateKeyPem) -> Result<SealedPrivateKey> {
+        self.seal_bytes(context, plaintext.0.as_bytes())
+            .map(SealedPrivateKey)
+    }
+
+    /// Decrypts what [`seal`](Self::seal) produced for the same `context`.
+    pub fn open(&self, context: &[u8], sealed: &SealedPrivateKey) -> Result<PrivateKeyPem> {
+        let plain = self.open_bytes(context, &sealed.0)?;
+        let text = std::str::from_utf8(&plain)
+            .map_err(|_| Error::Internal("sealed private key is not PEM".into()))?;
+        Ok(PrivateKeyPem(text.to_owned()))
+    }
+
+    /// AES-256-GCM with a random nonce: `nonce || ciphertext || tag`.
+    pub fn seal_bytes(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
             .map_err(|_| Error::Internal("OS random number generator failed".into()))?;
-        let mut buf = Zeroizing::new(plaintext.0.as_bytes().to_vec());
+        let mut buf = Zeroizing::new(plaintext.to_vec());
         self.aead()?
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
@@ -77,30 +91,29 @@ impl MasterKey {
         let mut out = Vec::with_capacity(NONCE_LEN + buf.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&buf);
-        Ok(SealedPrivateKey(out))
+        Ok(out)
     }
 
-    /// Decrypts what [`seal`](Self::seal) produced for the same `context`.
-    pub fn open(&self, context: &[u8], sealed: &SealedPrivateKey) -> Result<PrivateKeyPem> {
+    /// The inverse of [`seal_bytes`](Self::seal_bytes); fails under another key or context.
+    pub fn open_bytes(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         let (nonce, ciphertext) = sealed
-            .0
             .split_at_checked(NONCE_LEN)
-            .ok_or_else(|| Error::Internal("sealed private key is truncated".into()))?;
+            .ok_or_else(|| Error::Internal("sealed data is truncated".into()))?;
         let nonce = Nonce::try_assume_unique_for_key(nonce)
             .map_err(|_| Error::Internal("bad nonce".into()))?;
         let mut buf = Zeroizing::new(ciphertext.to_vec());
-        let plain = self
+        let len = self
             .aead()?
             .open_in_place(nonce, Aad::from(context), &mut buf)
             .map_err(|_| {
                 Error::Internal(
-                    "a sealed private key does not open under this master key (wrong KEYGATE_MASTER_KEY?)"
+                    "sealed data does not open under this master key (wrong KEYGATE_MASTER_KEY?)"
                         .into(),
                 )
-            })?;
-        let text = std::str::from_utf8(plain)
-            .map_err(|_| Error::Internal("sealed private key is not PEM".into()))?;
-        Ok(PrivateKeyPem(text.to_owned()))
+            })?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
     }
 }
 

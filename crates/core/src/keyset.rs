@@ -106,28 +106,31 @@ impl KeyRing {
         self.current.load_full()
     }
 
-    /// Replaces everything, as at start-up or after losing the change feed.
+    /// Replaces everything with a full load, as at start-up or after losing the change feed.
+    ///
+    /// The load may be older than changes this node already applied (a revoke answered here
+    /// while the load was running). Keys are never deleted and revocation and erasure are
+    /// final, so entries of the current snapshot that the load lacks are kept, and a key stays
+    /// revoked or unusable if either side says so. Changes after `seq` arrive through
+    /// [`apply`](Self::apply) as usual.
     pub fn replace_all(&self, keys: &[ApiKey], seq: i64) {
-        let keys = keys
-            .iter()
-            .map(|k| (k.id, Arc::new(VerifyingKey::from_key(k))))
-            .collect();
-        self.current.store(Arc::new(KeySet { keys, seq }));
+        self.current.rcu(|cur| {
+            let mut map: HashMap<KeyId, Arc<VerifyingKey>> = cur.keys.clone();
+            for k in keys {
+                let fresh = merge_final_states(VerifyingKey::from_key(k), map.get(&k.id));
+                map.insert(k.id, Arc::new(fresh));
+            }
+            KeySet { keys: map, seq }
+        });
     }
 
     /// Applies changed keys (their current stored state) on top of the snapshot. `seq` only moves
-    /// forward, so a late, older batch cannot roll a revocation back.
+    /// forward, so a late, older batch cannot roll the position back.
     pub fn apply(&self, changed: &[ApiKey], seq: i64) {
         self.current.rcu(|cur| {
             let mut keys = cur.keys.clone();
             for k in changed {
-                let fresh = VerifyingKey::from_key(k);
-                // Revocation is irreversible: never let any update un-revoke a key.
-                let revoked_before = keys.get(&k.id).is_some_and(|old| old.revoked);
-                let fresh = VerifyingKey {
-                    revoked: fresh.revoked || revoked_before,
-                    ..fresh
-                };
+                let fresh = merge_final_states(VerifyingKey::from_key(k), keys.get(&k.id));
                 keys.insert(k.id, Arc::new(fresh));
             }
             KeySet {
@@ -135,5 +138,18 @@ impl KeyRing {
                 seq: seq.max(cur.seq),
             }
         });
+    }
+}
+
+/// Revocation and erasure are irreversible: an update read before them (a stale row) must not
+/// undo them.
+fn merge_final_states(fresh: VerifyingKey, old: Option<&Arc<VerifyingKey>>) -> VerifyingKey {
+    match old {
+        Some(old) => VerifyingKey {
+            revoked: fresh.revoked || old.revoked,
+            usable: fresh.usable && old.usable,
+            ..fresh
+        },
+        None => fresh,
     }
 }

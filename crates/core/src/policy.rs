@@ -59,40 +59,85 @@ impl RoutePattern {
         &self.source
     }
 
+    /// Whether a request (path still percent-encoded) matches.
     pub fn matches(&self, method: &str, path: &str) -> bool {
-        if self.method.as_deref().is_some_and(|m| m != method) {
-            return false;
+        self.method_matches(method)
+            && RequestPath::parse(path).is_some_and(|p| self.path_matches(&p))
+    }
+
+    fn method_matches(&self, method: &str) -> bool {
+        self.method.as_deref().is_none_or(|m| m == method)
+    }
+
+    /// Segment matching as a table over (pattern position, path position), so any number of
+    /// `**` costs O(pattern × path) rather than backtracking.
+    fn path_matches(&self, path: &RequestPath) -> bool {
+        let segs = &path.0;
+        let n = segs.len();
+        // reach[j]: the pattern prefix processed so far can consume exactly j path segments.
+        let mut reach = vec![false; n + 1];
+        if let Some(first) = reach.first_mut() {
+            *first = true;
         }
-        let Some(rest) = path.strip_prefix('/') else {
-            return false;
-        };
-        let decoded = percent_decode(rest);
-        let segs: Vec<&str> = decoded.split('/').collect();
-        // A dot segment could mean another resource to the upstream than it does here.
-        if segs.iter().any(|s| *s == "." || *s == "..") {
-            return false;
+        for seg in &self.segments {
+            let mut next = vec![false; n + 1];
+            if let Segment::Any = seg {
+                let mut any = false;
+                for (slot, here) in next.iter_mut().zip(&reach) {
+                    any |= *here;
+                    *slot = any;
+                }
+            } else {
+                for (j, s) in segs.iter().enumerate() {
+                    let ok = match seg {
+                        Segment::One => !s.is_empty(),
+                        Segment::Literal(l) => l == s,
+                        Segment::Any => false,
+                    };
+                    if ok
+                        && reach.get(j).copied().unwrap_or(false)
+                        && let Some(slot) = next.get_mut(j + 1)
+                    {
+                        *slot = true;
+                    }
+                }
+            }
+            reach = next;
         }
-        match_segments(&self.segments, &segs)
+        reach.last().copied().unwrap_or(false)
     }
 }
 
-fn match_segments(pattern: &[Segment], path: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((Segment::Any, rest)) => {
-            (0..=path.len()).any(|i| path.get(i..).is_some_and(|p| match_segments(rest, p)))
-        }
-        Some((seg, rest)) => match path.split_first() {
-            Some((first, tail)) => {
-                let ok = match seg {
-                    Segment::One => !first.is_empty(),
-                    Segment::Literal(l) => l == first,
-                    Segment::Any => false,
-                };
-                ok && match_segments(rest, tail)
+/// A request path decoded once into segments, or `None` when it must match no rule: malformed
+/// escapes, dot segments, an encoded `/`, a `\\`, or a `;` (some servers read `;` as a
+/// parameter separator, so `/public/..;/admin` could mean `/admin` upstream).
+struct RequestPath(Vec<String>);
+
+impl RequestPath {
+    fn parse(path: &str) -> Option<Self> {
+        let rest = path.strip_prefix('/')?;
+        let mut segs = Vec::new();
+        for raw in rest.split('/') {
+            let seg = percent_decode(raw)?;
+            if !Self::safe_segment(&seg) || seg.contains('/') {
+                return None;
             }
-            None => false,
-        },
+            segs.push(seg.into_owned());
+        }
+        Some(Self(segs))
+    }
+
+    /// From a path that is already decoded (a scope entry's).
+    fn from_decoded(path: &str) -> Option<Self> {
+        let rest = path.strip_prefix('/')?;
+        let segs: Vec<String> = rest.split('/').map(str::to_owned).collect();
+        segs.iter()
+            .all(|s| Self::safe_segment(s))
+            .then_some(Self(segs))
+    }
+
+    fn safe_segment(seg: &str) -> bool {
+        seg != "." && seg != ".." && !seg.contains(['\\', ';'])
     }
 }
 
@@ -137,10 +182,13 @@ impl Policy {
         if !self.enforced || roles.is_admin() {
             return true;
         }
+        let Some(path) = RequestPath::parse(target.path) else {
+            return false;
+        };
         roles.iter().filter_map(|r| self.roles.get(r)).any(|rp| {
             rp.allow
                 .iter()
-                .any(|p| p.matches(target.method, target.path))
+                .any(|p| p.method_matches(target.method) && p.path_matches(&path))
         })
     }
 
@@ -150,10 +198,13 @@ impl Policy {
         !scope.is_empty()
             && scope.iter().all(|entry| {
                 entry.method() == "GET"
-                    && roles
-                        .iter()
-                        .filter_map(|r| self.roles.get(r))
-                        .any(|rp| rp.long_lived.iter().any(|p| p.matches("GET", entry.path())))
+                    && RequestPath::from_decoded(entry.path()).is_some_and(|path| {
+                        roles.iter().filter_map(|r| self.roles.get(r)).any(|rp| {
+                            rp.long_lived
+                                .iter()
+                                .any(|p| p.method_matches("GET") && p.path_matches(&path))
+                        })
+                    })
             })
     }
 }
@@ -183,6 +234,24 @@ mod tests {
             ("GET /v1/**", "GET", "/v1/apps/../admin", false),
             ("GET /v1/apps/*", "GET", "/v1/apps/%2e%2e", false),
             ("GET /v1/apps/x", "GET", "/v1/apps/%78", true),
+            ("GET /v1/public/**", "GET", "/v1/public/..;/admin", false),
+            ("GET /v1/public/**", "GET", "/v1/public/a%2Fb", false),
+            ("GET /v1/public/**", "GET", "/v1/public/a%5Cb", false),
+            ("GET /v1/public/**", "GET", "/v1/public/%FF", false),
+            ("GET /v1/**/a/**/b/**/c", "GET", "/v1/a/x/b/y/c", true),
+            ("GET /v1/**/a/**/b/**/c", "GET", "/v1/a/x/b/y/d", false),
+            ("GET /**", "GET", "/", true),
+            ("GET /", "GET", "/", true),
+            ("GET /a/**", "GET", "/a/", true),
+            ("GET /v1/public/**", "GET", "/v1/public/..;/admin", false),
+            ("GET /v1/public/**", "GET", "/v1/public/a%2Fb", false),
+            ("GET /v1/public/**", "GET", "/v1/public/a%5Cb", false),
+            ("GET /v1/public/**", "GET", "/v1/public/%FF", false),
+            ("GET /v1/**/a/**/b/**/c", "GET", "/v1/a/x/b/y/c", true),
+            ("GET /v1/**/a/**/b/**/c", "GET", "/v1/a/x/b/y/d", false),
+            ("GET /**", "GET", "/", true),
+            ("GET /", "GET", "/", true),
+            ("GET /a/**", "GET", "/a/", true),
         ];
         for (p, m, path, expect) in cases {
             assert_eq!(pat(p).matches(m, path), expect, "{p} vs {m} {path}");
@@ -222,5 +291,32 @@ mod tests {
         ];
         assert!(!policy.long_lived_scope(&finance, &mixed));
         assert!(!policy.long_lived_scope(&finance, &[]));
+        // A scope path is decoded once: %2541 is the text "%41", not "A".
+        let mut roles = BTreeMap::new();
+        roles.insert(
+            Role::parse_name("FINANCE").unwrap(),
+            RolePolicy {
+                allow: vec![],
+                long_lived: vec![pat("GET /v1/reports/A")],
+                rate_limit_per_hour: None,
+            },
+        );
+        let exact = Policy::new(roles);
+        assert!(exact.long_lived_scope(
+            &finance,
+            &[ScopeEntry::parse("GET /v1/reports/%41").unwrap()]
+        ));
+        assert!(!exact.long_lived_scope(
+            &finance,
+            &[ScopeEntry::parse("GET /v1/reports/%2541").unwrap()]
+        ));
+    }
+
+    #[test]
+    fn many_double_stars_stay_cheap() {
+        let p = pat("GET /**/builds/**/builds/**/builds/**/x");
+        let path = format!("/{}", vec!["builds"; 20_000].join("/"));
+        // A backtracking matcher would not finish this in any reasonable time.
+        assert!(!p.matches("GET", &path));
     }
 }

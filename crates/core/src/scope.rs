@@ -53,8 +53,8 @@ impl ScopeEntry {
         let target = RequestTarget::from_uri(method, uri);
         Some(Self {
             method: method.to_owned(),
-            path: percent_decode(target.path).into_owned(),
-            query: normalized_query(target.query),
+            path: percent_decode(target.path)?.into_owned(),
+            query: normalized_query(target.query)?,
         })
     }
 
@@ -66,59 +66,61 @@ impl ScopeEntry {
         &self.path
     }
 
+    /// Whether the request is the one this entry names. A request whose path or query does not
+    /// decode cleanly matches nothing.
     pub fn matches(&self, target: &RequestTarget<'_>) -> bool {
         self.method == target.method
-            && self.path == percent_decode(target.path)
-            && self.query == normalized_query(target.query)
+            && percent_decode(target.path).is_some_and(|p| p == self.path)
+            && normalized_query(target.query).is_some_and(|q| q == self.query)
     }
 }
 
-fn normalized_query(query: &str) -> Vec<(String, String)> {
-    let mut pairs: Vec<(String, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (form_decode(k), form_decode(v))
-        })
-        .filter(|(k, _)| !IGNORED_PARAMS.contains(&k.as_str()))
-        .collect();
+/// The query as a sorted multiset of decoded pairs without the paging parameters; `None` if
+/// anything in it does not decode.
+fn normalized_query(query: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    for p in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let k = form_decode(k)?;
+        if !IGNORED_PARAMS.contains(&k.as_str()) {
+            pairs.push((k, form_decode(v)?));
+        }
+    }
     pairs.sort();
-    pairs
+    Some(pairs)
 }
 
-fn form_decode(s: &str) -> String {
+fn form_decode(s: &str) -> Option<String> {
     if s.contains('+') {
-        percent_decode(&s.replace('+', " ")).into_owned()
+        percent_decode(&s.replace('+', " ")).map(Cow::into_owned)
     } else {
-        percent_decode(s).into_owned()
+        percent_decode(s).map(Cow::into_owned)
     }
 }
 
-/// Decodes `%XX` escapes; a malformed escape is kept literally. Bytes that do not form UTF-8
-/// are replaced, which can only make a match fail, never succeed wrongly.
-pub fn percent_decode(s: &str) -> Cow<'_, str> {
+/// Strictly decodes `%XX` escapes: `None` for an escape without two hex digits, for bytes that
+/// are not UTF-8, and for control characters. Failing closed means a request that a gateway or
+/// upstream might read differently matches no rule and no scope.
+pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     if !s.contains('%') {
-        return Cow::Borrowed(s);
+        return (!s.chars().any(char::is_control)).then_some(Cow::Borrowed(s));
     }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+            let (hi, lo) = (bytes.get(i + 1)?, bytes.get(i + 2)?);
+            let digit = |c: u8| char::from(c).to_digit(16);
+            out.push(u8::try_from(digit(*hi)? * 16 + digit(*lo)?).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
         }
-        out.push(b);
-        i += 1;
     }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    let text = String::from_utf8(out).ok()?;
+    (!text.chars().any(char::is_control)).then_some(Cow::Owned(text))
 }
 
 #[cfg(test)]
@@ -165,6 +167,20 @@ mod tests {
             "/v1/salesReports?q=a%20b",
             true,
         );
+        // Malformed or ambiguous encodings match nothing.
+        check("GET /v1/apps/%C3%A9", "GET", "/v1/apps/%C3%A9", true);
+        check("GET /v1/apps?a=1", "GET", "/v1/apps?a=%+1", false);
+        check("GET /v1/apps/x", "GET", "/v1/apps/x%00", false);
+        assert!(ScopeEntry::parse("GET /v1/apps/%FF").is_none());
+    }
+
+    #[test]
+    fn decoding_is_strict() {
+        assert_eq!(percent_decode("a%41b").as_deref(), Some("aAb"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        for bad in ["%", "%4", "%+1", "%zz", "%FF", "%C3", "a%0Ab", "tab\there"] {
+            assert!(percent_decode(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

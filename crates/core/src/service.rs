@@ -11,7 +11,9 @@ use tracing::instrument;
 use crate::audit::{AuditAction, AuditEvent, NewAuditEvent};
 use crate::authz::{KeyAdmin, Member, Principal};
 use crate::clock::{Clock, UnixTime};
-use crate::crypto::{MasterKey, PrivateKeyPem, generate_key_pair, parse_public_key_pem};
+use crate::crypto::{
+    MasterKey, PrivateKeyPem, SealedPrivateKey, generate_key_pair, parse_public_key_pem,
+};
 use crate::error::{AuthFailure, Error, ForbiddenReason, PrivateKeyUnavailable, Result};
 use crate::ids::{Actor, IssuerId, KeyId};
 use crate::key::{Algorithm, ApiKey, KeyQuery, KeyType, Page, PrivateKeyState};
@@ -182,12 +184,23 @@ impl KeyService {
         &self.store
     }
 
+    /// Checks that this node's master key is the database's: the first node stores a check value
+    /// sealed under its key, every later start must be able to open it. Without this, a lost
+    /// `master.key` would silently be replaced and every pending private key become unreadable.
+    pub async fn check_master_key(&self) -> Result<()> {
+        const CONTEXT: &[u8] = b"keygate/master-key-check";
+        let candidate = self.master.seal_bytes(CONTEXT, b"keygate")?;
+        let stored = self.store.master_key_check(&candidate).await?;
+        self.master.open_bytes(CONTEXT, &stored).map(drop).map_err(|_| {
+            Error::Unavailable(
+                "the master key does not match this database: restore the original master.key or KEYGATE_MASTER_KEY".into(),
+            )
+        })
+    }
+
     /// Returns the deployment's issuer, creating one if the database holds none.
     /// The flag says whether it was created now.
     pub async fn ensure_issuer(&self) -> Result<(Issuer, bool)> {
-        if let Some(first) = self.store.list_issuers().await?.into_iter().next() {
-            return Ok((first, false));
-        }
         let issuer = Issuer {
             id: IssuerId::generate(),
             name: "keygate".to_owned(),
@@ -200,8 +213,7 @@ impl KeyService {
             AuditAction::IssuerCreated,
             issuer.id.to_string(),
         );
-        self.store.create_issuer(&issuer, &audit).await?;
-        Ok((issuer, true))
+        self.store.ensure_issuer(&issuer, &audit).await
     }
 
     /// The caller's own issuer.
@@ -236,7 +248,11 @@ impl KeyService {
                         AuditAction::IssuerCreated,
                         id.to_string(),
                     );
-                    self.store.create_issuer(&issuer, &audit).await?;
+                    match self.store.create_issuer(&issuer, &audit).await {
+                        // Another bootstrap created the same issuer a moment ago: fine.
+                        Ok(()) | Err(Error::Conflict(_)) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 id
             }
@@ -350,7 +366,7 @@ impl KeyService {
     async fn insert(
         &self,
         key: &ApiKey,
-        sealed: Option<&crate::crypto::SealedPrivateKey>,
+        sealed: Option<&SealedPrivateKey>,
         cap: u32,
         audit: &NewAuditEvent,
     ) -> Result<()> {
@@ -392,14 +408,13 @@ impl KeyService {
         )
         .from_ip(admin.principal().source_ip);
         let cutoff = now.saturating_sub(self.limits.download_window);
+        let open = |sealed: &SealedPrivateKey| self.master.open(id.as_str().as_bytes(), sealed);
         match self
             .store
-            .take_private_key(admin.issuer_id(), id, cutoff, now, &audit)
+            .take_private_key(admin.issuer_id(), id, cutoff, now, &audit, &open)
             .await?
         {
-            TakePrivateKey::Taken(sealed) => {
-                Ok((id, self.master.open(id.as_str().as_bytes(), &sealed)?))
-            }
+            TakePrivateKey::Taken(pem) => Ok((id, pem)),
             TakePrivateKey::Unavailable(why) => Err(Error::PrivateKey(why)),
             TakePrivateKey::NotFound => Err(not_found(id)),
         }

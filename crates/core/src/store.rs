@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::audit::{AuditEvent, NewAuditEvent};
 use crate::clock::UnixTime;
-use crate::crypto::SealedPrivateKey;
+use crate::crypto::{PrivateKeyPem, SealedPrivateKey};
 use crate::error::{PrivateKeyUnavailable, Result};
 use crate::ids::{Actor, IssuerId, KeyId};
 use crate::key::{ApiKey, KeyQuery, Page};
@@ -25,13 +25,25 @@ pub struct Issuer {
 #[derive(Debug)]
 pub enum TakePrivateKey {
     /// This caller got it; the stored copy was erased in the same transaction.
-    Taken(SealedPrivateKey),
+    Taken(PrivateKeyPem),
     Unavailable(PrivateKeyUnavailable),
     NotFound,
 }
 
+/// Opens a sealed private key; given to [`KeyStore::take_private_key`] so that a key which
+/// cannot be opened (wrong master key) is never marked downloaded.
+pub type OpenSealed<'a> = &'a (dyn Fn(&SealedPrivateKey) -> Result<PrivateKeyPem> + Send + Sync);
+
 #[async_trait]
 pub trait IssuerStore: Send + Sync {
+    /// Creates `candidate` only if the database holds no issuer at all, atomically; returns the
+    /// first issuer and whether it was created now.
+    async fn ensure_issuer(
+        &self,
+        candidate: &Issuer,
+        audit: &NewAuditEvent,
+    ) -> Result<(Issuer, bool)>;
+    /// Creates an issuer; `Conflict` if its ID exists.
     async fn create_issuer(&self, issuer: &Issuer, audit: &NewAuditEvent) -> Result<()>;
     async fn get_issuer(&self, id: IssuerId) -> Result<Option<Issuer>>;
     async fn list_issuers(&self) -> Result<Vec<Issuer>>;
@@ -55,8 +67,9 @@ pub trait KeyStore: Send + Sync {
     async fn list_keys(&self, issuer: IssuerId, query: &KeyQuery) -> Result<Page<ApiKey>>;
 
     /// Atomically takes the pending private key: exactly one caller ever gets `Taken`, however
-    /// many ask at once. Keys created before `created_after` are past their download window:
-    /// their sealed copy is erased instead and the answer is `Unavailable(Erased)`.
+    /// many ask at once. `open` runs inside the transaction; if it fails, nothing changes. Keys
+    /// created at or before `created_after` are past their download window: their sealed copy is
+    /// erased instead and the answer is `Unavailable(Erased)`.
     async fn take_private_key(
         &self,
         issuer: IssuerId,
@@ -64,6 +77,7 @@ pub trait KeyStore: Send + Sync {
         created_after: UnixTime,
         now: UnixTime,
         audit: &NewAuditEvent,
+        open: OpenSealed<'_>,
     ) -> Result<TakePrivateKey>;
 
     /// Revokes a key (and erases its private half if still pending). Revoking a revoked key
@@ -109,9 +123,19 @@ pub trait AuditStore: Send + Sync {
     ) -> Result<Page<AuditEvent>>;
 }
 
+/// Deployment-wide settings.
+#[async_trait]
+pub trait DeploymentStore: Send + Sync {
+    /// Stores `candidate` as the master-key check value unless one exists; returns the stored
+    /// value. A node whose master key cannot open it has the wrong key for this database.
+    async fn master_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>>;
+}
+
 /// Everything keygate stores, behind one handle.
 #[async_trait]
-pub trait Store: IssuerStore + KeyStore + ChangeFeed + AuditStore + std::fmt::Debug {
+pub trait Store:
+    IssuerStore + KeyStore + ChangeFeed + AuditStore + DeploymentStore + std::fmt::Debug
+{
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 }

@@ -42,22 +42,32 @@ fn load_or_create(path: &Path) -> Result<MasterKey, ConfigError> {
     }
 }
 
+/// Writes a new key to a private temporary file and links it into place, so another process
+/// starting at the same moment sees either no file or a complete one, and the first one wins.
 fn create(path: &Path) -> Result<MasterKey, ConfigError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| ConfigError(format!("cannot create {}: {e}", dir.display())))?;
     }
     let key = MasterKey::generate().map_err(|e| ConfigError(e.to_string()))?;
+    let temp = path.with_extension(format!("key.{}.tmp", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(mut file) => {
-            file.write_all(key.to_base64().as_bytes())
-                .and_then(|()| file.write_all(b"\n"))
-                .and_then(|()| file.sync_all())
-                .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))?;
+    let written = options.open(&temp).and_then(|mut file| {
+        file.write_all(key.to_base64().as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(ConfigError(format!("cannot write {}: {e}", temp.display())));
+    }
+    let linked = std::fs::hard_link(&temp, path);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => {
             tracing::info!(path = %path.display(), "created a new master key");
             Ok(key)
         }

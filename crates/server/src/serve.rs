@@ -14,21 +14,12 @@ use tokio::net::TcpListener;
 use crate::config::{Config, ConfigError};
 use crate::{AppState, app};
 
-/// A node's state, ready to serve.
-#[derive(Debug)]
-pub struct Node {
-    pub state: AppState,
-    pub issuer: Issuer,
-    /// Whether the issuer was created by this start (an empty database).
-    pub issuer_created: bool,
-}
-
-/// Opens the store, makes sure an issuer exists, and loads the key ring.
+/// Opens the store, builds the services and loads the key ring.
 pub async fn build(
     config: &Config,
     master: MasterKey,
     clock: Arc<dyn Clock>,
-) -> Result<Node, ConfigError> {
+) -> Result<AppState, ConfigError> {
     let store = keygate_store::open(&config.database)
         .await
         .map_err(|e| ConfigError(format!("database: {e}")))?;
@@ -41,10 +32,9 @@ pub async fn build(
         config.roles(),
         Arc::clone(&ring),
     ));
-    let (issuer, issuer_created) = keys
-        .ensure_issuer()
+    keys.check_master_key()
         .await
-        .map_err(|e| ConfigError(format!("database: {e}")))?;
+        .map_err(|e| ConfigError(format!("master key: {e}")))?;
     let loaded = keys
         .reload_keys()
         .await
@@ -56,14 +46,10 @@ pub async fn build(
         config.token_rules.clone(),
         clock,
     ));
-    Ok(Node {
-        state: AppState {
-            keys,
-            verifier,
-            ring,
-        },
-        issuer,
-        issuer_created,
+    Ok(AppState {
+        keys,
+        verifier,
+        ring,
     })
 }
 
@@ -114,23 +100,29 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
     });
 }
 
-/// Runs a node until ctrl-c / SIGTERM. `on_ready` gets the bound address and the node (to print
+/// Runs a node until ctrl-c / SIGTERM; on an empty database it first creates the issuer.
+/// `on_ready` gets the bound address, the issuer, and whether this start created it (to print
 /// the first-run message) once the listener is up.
 pub async fn run(
     config: Config,
     master: MasterKey,
-    on_ready: impl FnOnce(SocketAddr, &Node),
+    on_ready: impl FnOnce(SocketAddr, &Issuer, bool),
 ) -> Result<(), ConfigError> {
-    let node = build(&config, master, Arc::new(SystemClock)).await?;
+    let state = build(&config, master, Arc::new(SystemClock)).await?;
+    let (issuer, created) = state
+        .keys
+        .ensure_issuer()
+        .await
+        .map_err(|e| ConfigError(format!("database: {e}")))?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener
         .local_addr()
         .map_err(|e| ConfigError(e.to_string()))?;
-    spawn_tasks(&node.state, &config);
-    on_ready(addr, &node);
-    let router = app(node.state.clone());
+    spawn_tasks(&state, &config);
+    on_ready(addr, &issuer, created);
+    let router = app(state);
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

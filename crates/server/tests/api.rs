@@ -20,7 +20,7 @@ use keygate_core::crypto::{MasterKey, PrivateKeyPem, generate_key_pair, public_k
 use keygate_core::key::Algorithm;
 use keygate_core::token::{Signer, sign_jwt};
 use keygate_server::config::{self, Overrides};
-use keygate_server::serve::{Node, build};
+use keygate_server::serve::build;
 use keygate_server::{AppState, app};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
@@ -45,9 +45,10 @@ async fn harness_with(edit: impl FnOnce(&mut keygate_server::Config)) -> Harness
     let mut cfg = config::load(None, &|_| None, &overrides).unwrap();
     edit(&mut cfg);
     let clock = Arc::new(ManualClock::new(NOW));
-    let Node { state, issuer, .. } = build(&cfg, MasterKey::generate().unwrap(), clock.clone())
+    let state = build(&cfg, MasterKey::generate().unwrap(), clock.clone())
         .await
         .unwrap();
+    let (issuer, _) = state.keys.ensure_issuer().await.unwrap();
     let (key, pem) = state.keys.bootstrap_admin_key(None).await.unwrap();
     Harness {
         _dir: dir,
@@ -478,6 +479,14 @@ async fn bad_input_gets_clear_json_errors() {
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
         ),
+        (
+            Request::get("/v1/apiKeys/%FF%FE")
+                .header(header::AUTHORIZATION, format!("Bearer {t}"))
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+        ),
     ];
     for (req, want_status, want_code) in cases {
         let what = format!("{} {}", req.method(), req.uri());
@@ -572,6 +581,15 @@ async fn download_is_once_and_window_bound() {
             .body(Body::empty())
             .unwrap()
     };
+    let head = Request::head(format!("/v1/apiKeys/{id}/privateKey"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", h.admin_token()))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        h.send(head).await.0,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "HEAD does not spend the download"
+    );
     let (status, headers, body) = h.send(get(&id)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
@@ -868,6 +886,72 @@ async fn forward_auth_modes_and_identity_headers() {
 }
 
 #[tokio::test]
+async fn a_client_cannot_choose_what_authz_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[roles.DEVELOPER]\nallow = [\"GET /v1/apps/**\"]\n",
+    )
+    .unwrap();
+    let h = harness_with(|c| {
+        c.policy = config::load(Some(&policy), &|_| None, &Overrides::default())
+            .unwrap()
+            .policy;
+    })
+    .await;
+    let (id, signer) = h.key_with_roles(&["DEVELOPER"]).await;
+    let auth = format!("Bearer {}", h.token_for(&id, &signer, json!({})));
+    let req = |pairs: &[(&str, &str)]| {
+        let mut b = Request::get("/authz").header(header::AUTHORIZATION, &auth);
+        for (k, v) in pairs {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    // Traefik sets X-Forwarded-*; the client adds X-Original-* naming an allowed request.
+    let spoofed = req(&[
+        ("x-forwarded-method", "DELETE"),
+        ("x-forwarded-uri", "/v1/admin/x"),
+        ("x-original-method", "GET"),
+        ("x-original-uri", "/v1/apps"),
+    ]);
+    assert_eq!(h.send(spoofed).await.0, StatusCode::BAD_REQUEST);
+    // nginx set only X-Original-URI; the client supplies the method through the other pair.
+    let half = req(&[
+        ("x-original-uri", "/v1/apps"),
+        ("x-forwarded-method", "GET"),
+    ]);
+    assert_eq!(h.send(half).await.0, StatusCode::BAD_REQUEST);
+    // Both pairs naming the same request are fine; so is either pair alone.
+    let same = req(&[
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/v1/apps"),
+        ("x-original-method", "get"),
+        ("x-original-uri", "/v1/apps"),
+    ]);
+    assert_eq!(h.send(same).await.0, StatusCode::OK);
+    assert_eq!(
+        h.send(req(&[
+            ("x-forwarded-method", "DELETE"),
+            ("x-forwarded-uri", "/v1/admin/x")
+        ]))
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        h.send(req(&[
+            ("x-original-method", "GET"),
+            ("x-original-uri", "http://api.example/v1/apps/1")
+        ]))
+        .await
+        .0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
 async fn the_policy_decides_by_role() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
@@ -917,6 +1001,26 @@ async fn a_scoped_token_is_limited_on_the_management_api_too() {
     let (status, doc) = h.call("GET", "/v1/issuer", Some(&t), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(error_code(&doc).1, Some("SCOPE_MISMATCH"));
+}
+
+#[tokio::test]
+async fn a_node_with_the_wrong_master_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = Overrides {
+        database: Some(format!("sqlite://{}/keygate.db", dir.path().display())),
+        ..Overrides::default()
+    };
+    let cfg = config::load(None, &|_| None, &overrides).unwrap();
+    let clock = Arc::new(ManualClock::new(NOW));
+    let master = MasterKey::generate().unwrap();
+    build(&cfg, master.clone(), clock.clone()).await.unwrap();
+    build(&cfg, master, clock.clone())
+        .await
+        .expect("the same key starts again");
+    let err = build(&cfg, MasterKey::generate().unwrap(), clock)
+        .await
+        .unwrap_err();
+    assert!(err.0.contains("master key does not match"), "{err}");
 }
 
 #[tokio::test]

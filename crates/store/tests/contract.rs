@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use keygate_core::audit::{AuditAction, NewAuditEvent};
-use keygate_core::crypto::{MasterKey, generate_key_pair};
+use keygate_core::crypto::{MasterKey, PrivateKeyPem, SealedPrivateKey, generate_key_pair};
 use keygate_core::error::{Error, PrivateKeyUnavailable};
 use keygate_core::ids::{Actor, IssuerId, KeyId};
 use keygate_core::key::{
@@ -66,12 +66,24 @@ fn key(issuer: IssuerId, created_at: i64, state: PrivateKeyState) -> ApiKey {
     }
 }
 
+/// The master key every pending key in this suite is sealed under.
+fn master() -> &'static MasterKey {
+    static MASTER: std::sync::OnceLock<MasterKey> = std::sync::OnceLock::new();
+    MASTER.get_or_init(|| MasterKey::generate().unwrap())
+}
+
+/// Opens a sealed key the way the service does (the key ID is the associated data).
+fn opener(
+    id: KeyId,
+) -> impl Fn(&SealedPrivateKey) -> keygate_core::error::Result<PrivateKeyPem> + Send + Sync {
+    move |sealed| master().open(id.as_str().as_bytes(), sealed)
+}
+
 /// Inserts a pending key with a sealed private half.
 async fn pending_key(store: &Arc<dyn Store>, issuer: IssuerId, created_at: i64) -> ApiKey {
     let k = key(issuer, created_at, PrivateKeyState::Pending);
     let pair = generate_key_pair(Algorithm::Es256).unwrap();
-    let sealed = MasterKey::generate()
-        .unwrap()
+    let sealed = master()
         .seal(k.id.as_str().as_bytes(), &pair.private)
         .unwrap();
     store
@@ -222,6 +234,7 @@ async fn a_private_key_is_taken_exactly_once(store: Arc<dyn Store>) {
                         T0 - 3600,
                         T0 + 1,
                         &event(iss, AuditAction::PrivateKeyDownloaded, k.id.as_str()),
+                        &opener(k.id),
                     )
                     .await
                     .unwrap()
@@ -253,7 +266,8 @@ async fn a_private_key_is_taken_exactly_once(store: Arc<dyn Store>) {
                 k2.id,
                 T0 - 3600,
                 T0,
-                &event(other, AuditAction::PrivateKeyDownloaded, "x")
+                &event(other, AuditAction::PrivateKeyDownloaded, "x"),
+                &opener(k2.id)
             )
             .await
             .unwrap(),
@@ -267,7 +281,8 @@ async fn a_private_key_is_taken_exactly_once(store: Arc<dyn Store>) {
                 k2.id,
                 T0,
                 T0 + 10,
-                &event(iss, AuditAction::PrivateKeyDownloaded, "x")
+                &event(iss, AuditAction::PrivateKeyDownloaded, "x"),
+                &opener(k2.id)
             )
             .await
             .unwrap(),
@@ -295,12 +310,83 @@ async fn a_private_key_is_taken_exactly_once(store: Arc<dyn Store>) {
                 k3.id,
                 T0 - 10,
                 T0,
-                &event(iss, AuditAction::PrivateKeyDownloaded, "x")
+                &event(iss, AuditAction::PrivateKeyDownloaded, "x"),
+                &opener(k3.id)
             )
             .await
             .unwrap(),
         TakePrivateKey::Unavailable(PrivateKeyUnavailable::NeverHeld)
     ));
+}
+
+async fn a_key_that_cannot_be_opened_stays_pending(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let k = pending_key(&store, iss, T0).await;
+    let wrong = MasterKey::generate().unwrap();
+    let wrong_open = move |sealed: &SealedPrivateKey| wrong.open(k.id.as_str().as_bytes(), sealed);
+    let err = store
+        .take_private_key(
+            iss,
+            k.id,
+            T0 - 10,
+            T0,
+            &event(iss, AuditAction::PrivateKeyDownloaded, k.id.as_str()),
+            &wrong_open,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Internal(_)), "{err:?}");
+    assert_eq!(
+        store.get_key(iss, k.id).await.unwrap().unwrap().private_key,
+        PrivateKeyState::Pending
+    );
+    let taken = store
+        .take_private_key(
+            iss,
+            k.id,
+            T0 - 10,
+            T0,
+            &event(iss, AuditAction::PrivateKeyDownloaded, k.id.as_str()),
+            &opener(k.id),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(taken, TakePrivateKey::Taken(pem) if pem.expose().starts_with("-----BEGIN PRIVATE KEY-----"))
+    );
+}
+
+async fn the_master_key_check_is_set_once(store: Arc<dyn Store>) {
+    let first = store.master_key_check(b"first").await.unwrap();
+    assert_eq!(first, b"first");
+    assert_eq!(store.master_key_check(b"second").await.unwrap(), b"first");
+}
+
+async fn ensure_issuer_creates_at_most_one(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let id = IssuerId::generate();
+                let candidate = Issuer {
+                    id,
+                    name: "x".into(),
+                    created_at: T0,
+                };
+                store
+                    .ensure_issuer(&candidate, &event(id, AuditAction::IssuerCreated, "x"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1);
+    assert!(results.windows(2).all(|w| w[0].0.id == w[1].0.id));
+    assert_eq!(store.list_issuers().await.unwrap().len(), 1);
 }
 
 async fn revocation_is_final(store: Arc<dyn Store>) {
@@ -356,7 +442,8 @@ async fn revocation_is_final(store: Arc<dyn Store>) {
                 k.id,
                 T0 - 10,
                 T0 + 10,
-                &event(iss, AuditAction::PrivateKeyDownloaded, "x")
+                &event(iss, AuditAction::PrivateKeyDownloaded, "x"),
+                &opener(k.id)
             )
             .await
             .unwrap(),
@@ -523,6 +610,7 @@ async fn the_change_feed_sees_every_change(store: Arc<dyn Store>) {
             T0 - 10,
             T0,
             &event(iss, AuditAction::PrivateKeyDownloaded, "x"),
+            &opener(b.id),
         )
         .await
         .unwrap();
@@ -560,6 +648,7 @@ async fn the_audit_log_is_chained(store: Arc<dyn Store>) {
             T0,
             &event(iss, AuditAction::PrivateKeyDownloaded, k.id.as_str())
                 .from_ip(Some("127.0.0.1".parse().unwrap())),
+            &opener(k.id),
         )
         .await
         .unwrap();
@@ -622,6 +711,9 @@ macro_rules! backend {
             case!(the_active_key_cap_holds_under_concurrency);
             case!(a_private_key_is_taken_exactly_once);
             case!(revocation_is_final);
+            case!(a_key_that_cannot_be_opened_stays_pending);
+            case!(the_master_key_check_is_set_once);
+            case!(ensure_issuer_creates_at_most_one);
             case!(stale_private_keys_are_erased);
             case!(lists_filter_and_page);
             case!(the_change_feed_sees_every_change);

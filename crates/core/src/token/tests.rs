@@ -305,6 +305,11 @@ fn token_rules_table() {
             ok,
         ),
         (
+            "expired within leeway, no iat",
+            Tok::Claims(team, claims(-30, None)),
+            ok,
+        ),
+        (
             "negative exp",
             Tok::Claims(team, with(std_claims.clone(), "exp", json!(-5))),
             Some(TokenExpired),

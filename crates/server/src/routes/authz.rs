@@ -61,35 +61,77 @@ fn decide(
     Ok(resp)
 }
 
-/// `ANY /authz`: the original request comes in headers. Public: the credential is what is checked.
+/// Reads one gateway's pair of original-request headers: `None` if neither is present, an error
+/// if only one is (a half-set pair would let the client supply the other half).
+fn header_pair<'h>(
+    headers: &'h HeaderMap,
+    method: &str,
+    uri: &str,
+) -> Result<Option<(&'h str, &'h str)>, Error> {
+    let get = |name: &str| -> Result<Option<&'h str>, Error> {
+        let mut values = headers.get_all(name).iter();
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(Error::parameter(
+                name,
+                format!("{name} appears more than once."),
+            ));
+        }
+        first
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Error::parameter(name, format!("{name} is not ASCII.")))
+            })
+            .transpose()
+    };
+    match (get(method)?, get(uri)?) {
+        (Some(m), Some(u)) => Ok(Some((m.trim(), u.trim()))),
+        (None, None) => Ok(None),
+        _ => Err(Error::parameter(
+            method,
+            format!("{method} and {uri} must be sent together; configure the gateway to set both."),
+        )),
+    }
+}
+
+/// `ANY /authz`: the original request comes in headers, `X-Original-Method`/`X-Original-URI`
+/// (nginx) or `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik). Public: the credential is what
+/// is checked.
+///
+/// A gateway sets one pair and passes the client's other headers through, so a client can add
+/// the other pair itself. Each pair is therefore taken whole, and when both are present they
+/// must describe the same request; otherwise the request is refused rather than guessed at.
 pub async fn authz_headers(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let pick = |a: &str, b: &str| {
-        headers
-            .get(a)
-            .or_else(|| headers.get(b))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+    let nginx = header_pair(&headers, "x-original-method", "x-original-uri")?;
+    let traefik = header_pair(&headers, "x-forwarded-method", "x-forwarded-uri")?;
+    let (method, uri) = match (nginx, traefik) {
+        (Some(a), Some(b)) if a.0.eq_ignore_ascii_case(b.0) && a.1 == b.1 => a,
+        (Some(_), Some(_)) => {
+            return Err(Error::parameter(
+                "X-Original-URI",
+                "X-Original-Method/X-Original-URI and X-Forwarded-Method/X-Forwarded-Uri describe different requests.",
+            )
+            .into());
+        }
+        (Some(pair), None) | (None, Some(pair)) => pair,
+        (None, None) => {
+            return Err(Error::parameter(
+                "X-Original-URI",
+                "GET /authz needs the original request in X-Original-Method and X-Original-URI (nginx) or X-Forwarded-Method and X-Forwarded-Uri (Traefik); or call /authz/{path}.",
+            )
+            .into());
+        }
     };
-    let (Some(method), Some(uri)) = (
-        pick("x-original-method", "x-forwarded-method"),
-        pick("x-original-uri", "x-forwarded-uri"),
-    ) else {
-        return Err(Error::parameter(
-            "X-Original-URI",
-            "GET /authz needs the original request in X-Original-Method and X-Original-URI (nginx) or X-Forwarded-Method and X-Forwarded-Uri (Traefik); or call /authz/{path}.",
-        )
-        .into());
-    };
-    let method = method.trim().to_ascii_uppercase();
+    let method = method.to_ascii_uppercase();
     // An absolute URI (some proxies send one) is reduced to its path and query.
     let origin_form = match uri.parse::<Uri>() {
         Ok(u) if u.scheme().is_some() => u
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
-        _ => uri,
+        _ => uri.to_owned(),
     };
     if !origin_form.starts_with('/') {
         return Err(

@@ -1,8 +1,9 @@
 //! The management API for the issuer and its API keys (`/v1/issuer`, `/v1/apiKeys`).
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keygate_core::error::Error;
 use keygate_core::key::{Algorithm, ApiKey, KeyCursor, KeyQuery, KeyType, StatusFilter};
@@ -12,8 +13,24 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::jsonapi::{attributes, json_response, read_document, with_status};
+
+/// The `{key_id}` path segment. A segment that does not decode is a `404` in the error shape,
+/// like any other unknown key, rather than axum's plain-text rejection.
+#[derive(Debug)]
+pub struct KeyIdParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyIdParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| Self(id))
+            .map_err(|_| ApiError(Error::NotFound("There is no API key with this ID.".into())))
+    }
+}
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
@@ -76,8 +93,9 @@ fn parse_list_query(raw: Option<&str>, now: i64) -> Result<KeyQuery, Error> {
     };
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = keygate_core::scope::percent_decode(k);
-        let v = keygate_core::scope::percent_decode(v);
+        let bad = || Error::parameter("query", "The query string is not validly percent-encoded.");
+        let k = keygate_core::scope::percent_decode(k).ok_or_else(bad)?;
+        let v = keygate_core::scope::percent_decode(v).ok_or_else(bad)?;
         match k.as_ref() {
             "filter[status]" => {
                 q.status = Some(match v.as_ref() {
@@ -171,7 +189,7 @@ pub async fn list_keys(
 pub async fn get_key(
     State(state): State<AppState>,
     Caller(p): Caller,
-    Path(id): Path<String>,
+    KeyIdParam(id): KeyIdParam,
 ) -> ApiResult<Response> {
     let admin = p.key_admin()?;
     let key = state.keys.get_key(&admin, &id).await?;
@@ -296,13 +314,36 @@ pub async fn create_key(
 }
 
 /// `GET /v1/apiKeys/{keyId}/privateKey`: ADMIN or `ACCOUNT_HOLDER`; succeeds once per key.
+///
+/// `HEAD` is refused: axum would run the handler and drop the body, so a link checker or a
+/// `curl -I` would use up the one download.
 pub async fn download_private_key(
+    method: Method,
     State(state): State<AppState>,
     Caller(p): Caller,
-    Path(id): Path<String>,
+    KeyIdParam(id): KeyIdParam,
+) -> Result<Response, Response> {
+    if method == Method::HEAD {
+        return Err(ErrorBody::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "The request method is not allowed for this resource.",
+            "Use GET: the private key can be fetched once, and HEAD would spend that once.",
+        )
+        .into_response_with_id());
+    }
+    download(&state, &p, &id)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn download(
+    state: &AppState,
+    p: &keygate_core::authz::Principal,
+    id: &str,
 ) -> ApiResult<Response> {
     let admin = p.key_admin()?;
-    let (id, pem) = state.keys.download_private_key(&admin, &id).await?;
+    let (id, pem) = state.keys.download_private_key(&admin, id).await?;
     tracing::info!(key_id = %id, "private key downloaded");
     let mut resp = Response::new(Body::from(pem.expose().to_owned()));
     let h = resp.headers_mut();
@@ -323,7 +364,7 @@ pub async fn download_private_key(
 pub async fn patch_key(
     State(state): State<AppState>,
     Caller(p): Caller,
-    Path(id): Path<String>,
+    KeyIdParam(id): KeyIdParam,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {

@@ -1,5 +1,12 @@
 -- keygate schema v1 (SQLite). Times are seconds since the Unix epoch.
 
+-- One row: deployment-wide values. master_key_check is a value sealed under the master key by
+-- the first node; a node whose master key cannot open it refuses to start.
+CREATE TABLE deployment (
+    id                INTEGER PRIMARY KEY CHECK (id = 1),
+    master_key_check  BLOB NOT NULL
+) STRICT;
+
 CREATE TABLE issuers (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,

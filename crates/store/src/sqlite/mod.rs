@@ -8,6 +8,8 @@ mod rows;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,7 +21,8 @@ use keygate_core::error::{Error, PrivateKeyUnavailable, Result};
 use keygate_core::ids::{Actor, IssuerId, KeyId};
 use keygate_core::key::{ApiKey, KeyQuery, KeyType, Page, PrivateKeyState, StatusFilter};
 use keygate_core::store::{
-    AuditStore, ChangeFeed, Issuer, IssuerStore, KeyStore, Store, TakePrivateKey,
+    AuditStore, ChangeFeed, DeploymentStore, Issuer, IssuerStore, KeyStore, OpenSealed, Store,
+    TakePrivateKey,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
@@ -36,6 +39,9 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     path: PathBuf,
+    /// Set when a WAL truncation after erasing key material could not complete (a reader was
+    /// in the way); the periodic sweep retries it.
+    wal_dirty: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -65,6 +71,7 @@ impl SqliteStore {
                 .connect_lazy_with(options),
             writer,
             path: path.to_owned(),
+            wal_dirty: Arc::new(AtomicBool::new(false)),
         };
         store.migrate().await?;
         Ok(store)
@@ -115,15 +122,28 @@ impl SqliteStore {
     }
 
     /// Moves the WAL into the database file and truncates it, so bytes just deleted (with
-    /// `secure_delete`) do not linger in old WAL frames. Best effort: a busy reader only delays
-    /// it to the next call.
+    /// `secure_delete`) do not linger in old WAL frames. A reader still using old frames makes
+    /// `SQLite` report the checkpoint busy (in its result row, not as an error); then it is
+    /// retried briefly, and failing that by the next sweep.
     async fn truncate_wal(&self) {
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.writer)
-            .await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried");
+        for attempt in 0..5 {
+            match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.writer)
+                .await
+            {
+                Ok((0, _, _)) => {
+                    self.wal_dirty.store(false, Ordering::SeqCst);
+                    return;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                    break;
+                }
+            }
         }
+        tracing::warn!("WAL still in use; its truncation will be retried by the next sweep");
+        self.wal_dirty.store(true, Ordering::SeqCst);
     }
 }
 
@@ -215,6 +235,43 @@ const ACTIVE_SQL: &str = "(revoked_at IS NULL AND private_key_state != 'ERASED' 
 
 #[async_trait]
 impl IssuerStore for SqliteStore {
+    async fn ensure_issuer(
+        &self,
+        candidate: &Issuer,
+        audit: &NewAuditEvent,
+    ) -> Result<(Issuer, bool)> {
+        let mut tx = self.begin().await?;
+        let first: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT id, name, created_at FROM issuers ORDER BY created_at, id LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if let Some((id, name, created_at)) = first {
+            let id = id
+                .parse()
+                .map_err(|_| Error::Internal("stored issuer ID is corrupt".into()))?;
+            return Ok((
+                Issuer {
+                    id,
+                    name,
+                    created_at,
+                },
+                false,
+            ));
+        }
+        sqlx::query("INSERT INTO issuers (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(candidate.id.to_string())
+            .bind(&candidate.name)
+            .bind(candidate.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok((candidate.clone(), true))
+    }
+
     async fn create_issuer(&self, issuer: &Issuer, audit: &NewAuditEvent) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO issuers (id, name, created_at) VALUES (?, ?, ?)")
@@ -413,6 +470,7 @@ impl KeyStore for SqliteStore {
         created_after: UnixTime,
         now: UnixTime,
         audit: &NewAuditEvent,
+        open: OpenSealed<'_>,
     ) -> Result<TakePrivateKey> {
         let mut tx = self.begin().await?;
         let Some(key) = fetch_key(&mut tx, issuer, id).await? else {
@@ -453,8 +511,11 @@ impl KeyStore for SqliteStore {
         record_change(&mut tx, id, now).await?;
         let outcome = match sealed {
             Some(bytes) if !stale => {
+                // Opened before the commit: if this fails (wrong master key), dropping the
+                // transaction rolls the delete back and the key stays downloadable.
+                let pem = open(&SealedPrivateKey::from_stored(bytes))?;
                 append_audit(&mut tx, audit).await?;
-                TakePrivateKey::Taken(SealedPrivateKey::from_stored(bytes))
+                TakePrivateKey::Taken(pem)
             }
             Some(_) => {
                 let erase = NewAuditEvent::new(
@@ -569,7 +630,7 @@ impl KeyStore for SqliteStore {
             erased.push(key);
         }
         tx.commit().await.map_err(db_err)?;
-        if !erased.is_empty() {
+        if !erased.is_empty() || self.wal_dirty.load(Ordering::SeqCst) {
             self.truncate_wal().await;
         }
         Ok(erased)
@@ -668,6 +729,25 @@ impl AuditStore for SqliteStore {
             total: u64::try_from(total).unwrap_or(0),
             next,
         })
+    }
+}
+
+#[async_trait]
+impl DeploymentStore for SqliteStore {
+    async fn master_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT OR IGNORE INTO deployment (id, master_key_check) VALUES (1, ?)")
+            .bind(candidate)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let stored: Vec<u8> =
+            sqlx::query_scalar("SELECT master_key_check FROM deployment WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(stored)
     }
 }
 
