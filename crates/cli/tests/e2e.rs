@@ -144,6 +144,23 @@ fn bootstrap(server: &Server, out: &Path) -> Admin {
     }
 }
 
+/// Runs a `keygate keys ...` command against the server as the bootstrapped admin.
+fn admin_cli(server: &Server, admin: &Admin, args: &[&str]) -> (bool, String, String) {
+    let mut all: Vec<&str> = vec!["keys"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[
+        "--server",
+        &server.base,
+        "--key",
+        admin.key_file.to_str().unwrap(),
+        "--key-id",
+        &admin.key_id,
+        "--issuer-id",
+        &admin.issuer,
+    ]);
+    keygate(&all)
+}
+
 fn cli_token(key_file: &Path, key_id: &str, issuer: &str) -> String {
     let (ok, stdout, stderr) = keygate(&[
         "token",
@@ -227,38 +244,18 @@ async fn the_whole_key_lifecycle() {
     let keys_dir = dir.path().join("keys");
     let blocker = keys_dir.join(format!("AuthKey_{key_id}.p8"));
     std::fs::write(&blocker, "in the way").unwrap();
-    let (ok, _, stderr) = keygate(&[
-        "keys",
-        "download",
-        &key_id,
-        "--out",
-        keys_dir.to_str().unwrap(),
-        "--server",
-        &server.base,
-        "--key",
-        admin.key_file.to_str().unwrap(),
-        "--key-id",
-        &admin.key_id,
-        "--issuer-id",
-        &admin.issuer,
-    ]);
+    let (ok, _, stderr) = admin_cli(
+        &server,
+        &admin,
+        &["download", &key_id, "--out", keys_dir.to_str().unwrap()],
+    );
     assert!(!ok && stderr.contains("cannot create"), "{stderr}");
     std::fs::remove_file(&blocker).unwrap();
-    let (ok, _, stderr) = keygate(&[
-        "keys",
-        "download",
-        &key_id,
-        "--out",
-        keys_dir.to_str().unwrap(),
-        "--server",
-        &server.base,
-        "--key",
-        admin.key_file.to_str().unwrap(),
-        "--key-id",
-        &admin.key_id,
-        "--issuer-id",
-        &admin.issuer,
-    ]);
+    let (ok, _, stderr) = admin_cli(
+        &server,
+        &admin,
+        &["download", &key_id, "--out", keys_dir.to_str().unwrap()],
+    );
     assert!(ok, "keys download failed: {stderr}");
     let p8 = keys_dir.join(format!("AuthKey_{key_id}.p8"));
     let pem = std::fs::read_to_string(&p8).unwrap();
@@ -320,21 +317,7 @@ async fn the_whole_key_lifecycle() {
     }
 
     // 6. Revoke; the next call gets 401 KEY_REVOKED.
-    let (ok, _, stderr) = keygate(&[
-        "keys",
-        "revoke",
-        &key_id,
-        "--reason",
-        "e2e",
-        "--server",
-        &server.base,
-        "--key",
-        admin.key_file.to_str().unwrap(),
-        "--key-id",
-        &admin.key_id,
-        "--issuer-id",
-        &admin.issuer,
-    ]);
+    let (ok, _, stderr) = admin_cli(&server, &admin, &["revoke", &key_id, "--reason", "e2e"]);
     assert!(ok, "keys revoke failed: {stderr}");
     for token in [&cli, &independent] {
         let resp = http()
@@ -345,19 +328,7 @@ async fn the_whole_key_lifecycle() {
             .unwrap();
         assert_eq!(reason(resp).await, (401, "KEY_REVOKED".to_owned()));
     }
-    let (ok, listing, _) = keygate(&[
-        "keys",
-        "list",
-        "--json",
-        "--server",
-        &server.base,
-        "--key",
-        admin.key_file.to_str().unwrap(),
-        "--key-id",
-        &admin.key_id,
-        "--issuer-id",
-        &admin.issuer,
-    ]);
+    let (ok, listing, _) = admin_cli(&server, &admin, &["list", "--json"]);
     assert!(ok);
     let listing: Value = serde_json::from_str(&listing).unwrap();
     let revoked = listing

@@ -202,6 +202,21 @@ async fn append_audit(tx: &mut Transaction<'_, Sqlite>, event: &NewAuditEvent) -
     Ok(())
 }
 
+async fn insert_issuer(
+    tx: &mut Transaction<'_, Sqlite>,
+    issuer: &Issuer,
+    audit: &NewAuditEvent,
+) -> Result<()> {
+    sqlx::query("INSERT INTO issuers (id, name, created_at) VALUES (?, ?, ?)")
+        .bind(issuer.id.to_string())
+        .bind(&issuer.name)
+        .bind(issuer.created_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    append_audit(tx, audit).await
+}
+
 async fn record_change(tx: &mut Transaction<'_, Sqlite>, key: KeyId, now: UnixTime) -> Result<()> {
     sqlx::query("INSERT INTO key_changes (key_id, changed_at) VALUES (?, ?)")
         .bind(key.as_str())
@@ -260,28 +275,14 @@ impl IssuerStore for SqliteStore {
                 false,
             ));
         }
-        sqlx::query("INSERT INTO issuers (id, name, created_at) VALUES (?, ?, ?)")
-            .bind(candidate.id.to_string())
-            .bind(&candidate.name)
-            .bind(candidate.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        append_audit(&mut tx, audit).await?;
+        insert_issuer(&mut tx, candidate, audit).await?;
         tx.commit().await.map_err(db_err)?;
         Ok((candidate.clone(), true))
     }
 
     async fn create_issuer(&self, issuer: &Issuer, audit: &NewAuditEvent) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO issuers (id, name, created_at) VALUES (?, ?, ?)")
-            .bind(issuer.id.to_string())
-            .bind(&issuer.name)
-            .bind(issuer.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        append_audit(&mut tx, audit).await?;
+        insert_issuer(&mut tx, issuer, audit).await?;
         tx.commit().await.map_err(db_err)
     }
 
