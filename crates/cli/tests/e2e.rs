@@ -213,6 +213,21 @@ async fn reason(resp: reqwest::Response) -> (u16, String) {
 async fn the_whole_key_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode(dir.path().join("data")),
+            0o700,
+            "the data folder is private"
+        );
+        assert_eq!(
+            mode(dir.path().join("data/master.key")),
+            0o600,
+            "the master key is private"
+        );
+    }
 
     // 1. Bootstrap an admin key while the server runs; the server accepts it within 2 s.
     let admin = bootstrap(&server, &dir.path().join("keys"));
@@ -340,6 +355,31 @@ async fn the_whole_key_lifecycle() {
     assert_eq!(
         revoked["isActive"], false,
         "revoked keys stay listed, marked revoked"
+    );
+
+    // The audit log names the actor and the source address of the download.
+    let audit: Value = http()
+        .get(server.url("/v1/auditEvents?limit=200"))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let download = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["attributes"]["action"] == "apiKey.privateKey.downloaded"
+                && e["attributes"]["target"] == key_id.as_str()
+        })
+        .expect("the download is audited");
+    assert_eq!(download["attributes"]["sourceIp"], "127.0.0.1");
+    assert_eq!(
+        download["attributes"]["actor"],
+        format!("apiKey:{}", admin.key_id)
     );
 
     // The trace-level log never holds key material or tokens.

@@ -37,7 +37,7 @@ pub struct AppState {
 
 /// The main listener's router.
 pub fn app(state: AppState) -> Router {
-    use routes::{authz, health, keys};
+    use routes::{audit, authz, health, keys};
     let v1 = Router::new()
         .route("/issuer", get(keys::get_issuer))
         .route("/apiKeys", get(keys::list_keys).post(keys::create_key))
@@ -45,6 +45,7 @@ pub fn app(state: AppState) -> Router {
             "/apiKeys/{key_id}",
             get(keys::get_key).patch(keys::patch_key),
         )
+        .route("/auditEvents", get(audit::list))
         .route(
             "/apiKeys/{key_id}/privateKey",
             get(keys::download_private_key),

@@ -46,8 +46,7 @@ fn load_or_create(path: &Path) -> Result<MasterKey, ConfigError> {
 /// starting at the same moment sees either no file or a complete one, and the first one wins.
 fn create(path: &Path) -> Result<MasterKey, ConfigError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ConfigError(format!("cannot create {}: {e}", dir.display())))?;
+        keygate_store::create_private_dir(dir).map_err(|e| ConfigError(e.to_string()))?;
     }
     let key = MasterKey::generate().map_err(|e| ConfigError(e.to_string()))?;
     let temp = path.with_extension(format!("key.{}.tmp", std::process::id()));

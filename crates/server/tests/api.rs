@@ -202,6 +202,7 @@ async fn every_management_route_needs_a_credential() {
         ("GET", "/v1/apiKeys/ABCDEFGHIJ"),
         ("PATCH", "/v1/apiKeys/ABCDEFGHIJ"),
         ("GET", "/v1/apiKeys/ABCDEFGHIJ/privateKey"),
+        ("GET", "/v1/auditEvents"),
     ];
     for (m, uri) in routes {
         let (status, doc) = h.call(m, uri, None, Some(json!({}))).await;
@@ -1021,6 +1022,79 @@ async fn a_node_with_the_wrong_master_key_refuses_to_start() {
         .await
         .unwrap_err();
     assert!(err.0.contains("master key does not match"), "{err}");
+}
+
+#[tokio::test]
+async fn the_audit_log_records_who_did_what() {
+    let h = harness().await;
+    let (id, signer) = h.key_with_roles(&["DEVELOPER"]).await;
+    let revoke = json!({"data": {"type": "apiKeys", "id": id, "attributes": {"isActive": false, "revokeReason": "test"}}});
+    h.call(
+        "PATCH",
+        &format!("/v1/apiKeys/{id}"),
+        Some(&h.admin_token()),
+        Some(revoke),
+    )
+    .await;
+    let (status, doc) = h
+        .call(
+            "GET",
+            "/v1/auditEvents?limit=3",
+            Some(&h.admin_token()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    let actions: Vec<&str> = doc["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["attributes"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "apiKey.revoked",
+            "apiKey.privateKey.downloaded",
+            "apiKey.created"
+        ]
+    );
+    for e in doc["data"].as_array().unwrap() {
+        assert_eq!(e["attributes"]["target"], id.as_str());
+        assert_eq!(e["attributes"]["actor"], format!("apiKey:{}", h.admin.0));
+        assert_eq!(e["attributes"]["createdDate"], "2026-11-26T10:00:00Z");
+    }
+    assert_eq!(doc["data"][0]["attributes"]["detail"]["reason"], "test");
+    let next = doc["links"]["next"].as_str().unwrap();
+    let (_, older) = h.call("GET", next, Some(&h.admin_token()), None).await;
+    let older_actions: Vec<&str> = older["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["attributes"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        older_actions,
+        ["apiKey.created", "issuer.created"],
+        "the bootstrap key, then the issuer"
+    );
+    let dev = h.token_for(&id, &signer, json!({}));
+    assert_eq!(
+        h.call("GET", "/v1/auditEvents", Some(&dev), None).await.0,
+        StatusCode::UNAUTHORIZED,
+        "revoked"
+    );
+    assert_eq!(
+        h.call(
+            "GET",
+            "/v1/auditEvents?limit=0",
+            Some(&h.admin_token()),
+            None
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test]

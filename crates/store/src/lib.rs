@@ -27,6 +27,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     )))
 }
 
+/// Creates a folder readable only by its owner (0700), as the data folder must be; an existing
+/// folder is left as it is.
+pub fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    sqlite::create_private_dir(dir)
+}
+
 /// The file a `sqlite://PATH` (or `sqlite:PATH`) URL names; `None` for other schemes.
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url
