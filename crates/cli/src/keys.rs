@@ -193,8 +193,11 @@ impl PrivateFile {
 
     /// Writes and syncs the contents; returns the path.
     pub fn write(mut self, contents: &str) -> Result<PathBuf> {
+        use std::io::Seek as _;
         let mut file = self.file.take().context("file already written")?;
+        file.rewind()?;
         file.write_all(contents.as_bytes())?;
+        file.set_len(contents.len() as u64)?;
         file.sync_all()?;
         Ok(std::mem::take(&mut self.path))
     }
@@ -219,7 +222,8 @@ impl PrivateFile {
 
 impl Drop for PrivateFile {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        // Unwritten (or never fully reserved): remove the placeholder.
+        if self.file.is_some() || !self.path.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.path);
         }
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::role::{Role, RoleSet};
-use crate::scope::{RequestTarget, ScopeEntry, percent_decode};
+use crate::scope::{RequestPath, RequestTarget, ScopeEntry};
 
 /// One `allow` / `long_lived` pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +72,7 @@ impl RoutePattern {
     /// Segment matching as a table over (pattern position, path position), so any number of
     /// `**` costs O(pattern × path) rather than backtracking.
     fn path_matches(&self, path: &RequestPath) -> bool {
-        let segs = &path.0;
+        let segs = path.segments();
         let n = segs.len();
         // reach[j]: the pattern prefix processed so far can consume exactly j path segments.
         let mut reach = vec![false; n + 1];
@@ -105,39 +105,6 @@ impl RoutePattern {
             reach = next;
         }
         reach.last().copied().unwrap_or(false)
-    }
-}
-
-/// A request path decoded once into segments, or `None` when it must match no rule: malformed
-/// escapes, dot segments, an encoded `/`, a `\\`, or a `;` (some servers read `;` as a
-/// parameter separator, so `/public/..;/admin` could mean `/admin` upstream).
-struct RequestPath(Vec<String>);
-
-impl RequestPath {
-    fn parse(path: &str) -> Option<Self> {
-        let rest = path.strip_prefix('/')?;
-        let mut segs = Vec::new();
-        for raw in rest.split('/') {
-            let seg = percent_decode(raw)?;
-            if !Self::safe_segment(&seg) || seg.contains('/') {
-                return None;
-            }
-            segs.push(seg.into_owned());
-        }
-        Some(Self(segs))
-    }
-
-    /// From a path that is already decoded (a scope entry's).
-    fn from_decoded(path: &str) -> Option<Self> {
-        let rest = path.strip_prefix('/')?;
-        let segs: Vec<String> = rest.split('/').map(str::to_owned).collect();
-        segs.iter()
-            .all(|s| Self::safe_segment(s))
-            .then_some(Self(segs))
-    }
-
-    fn safe_segment(seg: &str) -> bool {
-        seg != "." && seg != ".." && !seg.contains(['\\', ';'])
     }
 }
 
@@ -198,12 +165,10 @@ impl Policy {
         !scope.is_empty()
             && scope.iter().all(|entry| {
                 entry.method() == "GET"
-                    && RequestPath::from_decoded(entry.path()).is_some_and(|path| {
-                        roles.iter().filter_map(|r| self.roles.get(r)).any(|rp| {
-                            rp.long_lived
-                                .iter()
-                                .any(|p| p.method_matches("GET") && p.path_matches(&path))
-                        })
+                    && roles.iter().filter_map(|r| self.roles.get(r)).any(|rp| {
+                        rp.long_lived
+                            .iter()
+                            .any(|p| p.method_matches("GET") && p.path_matches(entry.path()))
                     })
             })
     }

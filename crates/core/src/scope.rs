@@ -30,11 +30,36 @@ impl<'a> RequestTarget<'a> {
     }
 }
 
+/// A request path decoded once into segments, or `None` when it must match no rule and no
+/// scope: malformed escapes, dot segments, an encoded `/`, a `\\`, or a `;` (some servers read
+/// `;` as a parameter separator, so `/public/..;/admin` could mean `/admin` upstream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPath(Vec<String>);
+
+impl RequestPath {
+    pub fn parse(path: &str) -> Option<Self> {
+        let rest = path.strip_prefix('/')?;
+        let mut segs = Vec::new();
+        for raw in rest.split('/') {
+            let seg = percent_decode(raw)?;
+            if seg == "." || seg == ".." || seg.contains(['/', '\\', ';']) {
+                return None;
+            }
+            segs.push(seg.into_owned());
+        }
+        Some(Self(segs))
+    }
+
+    pub fn segments(&self) -> &[String] {
+        &self.0
+    }
+}
+
 /// One parsed `scope` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScopeEntry {
     method: String,
-    path: String,
+    path: RequestPath,
     /// Decoded, paging parameters removed, sorted.
     query: Vec<(String, String)>,
 }
@@ -53,7 +78,7 @@ impl ScopeEntry {
         let target = RequestTarget::from_uri(method, uri);
         Some(Self {
             method: method.to_owned(),
-            path: percent_decode(target.path)?.into_owned(),
+            path: RequestPath::parse(target.path)?,
             query: normalized_query(target.query)?,
         })
     }
@@ -62,7 +87,7 @@ impl ScopeEntry {
         &self.method
     }
 
-    pub fn path(&self) -> &str {
+    pub fn path(&self) -> &RequestPath {
         &self.path
     }
 
@@ -70,7 +95,7 @@ impl ScopeEntry {
     /// decode cleanly matches nothing.
     pub fn matches(&self, target: &RequestTarget<'_>) -> bool {
         self.method == target.method
-            && percent_decode(target.path).is_some_and(|p| p == self.path)
+            && RequestPath::parse(target.path).is_some_and(|p| p == self.path)
             && normalized_query(target.query).is_some_and(|q| q == self.query)
     }
 }
@@ -172,6 +197,10 @@ mod tests {
         check("GET /v1/apps?a=1", "GET", "/v1/apps?a=%+1", false);
         check("GET /v1/apps/x", "GET", "/v1/apps/x%00", false);
         assert!(ScopeEntry::parse("GET /v1/apps/%FF").is_none());
+        check("GET /v1/r/a/b", "GET", "/v1/r/a%2Fb", false);
+        check("GET /v1/r/a", "GET", "/v1/r/x/../a", false);
+        check("GET /v1/r/a", "GET", "/v1/r/a;x=1", false);
+        assert!(ScopeEntry::parse("GET /v1/r/..;/admin").is_none());
     }
 
     #[test]

@@ -27,6 +27,31 @@ pub struct Config {
     pub sync_interval: Duration,
     /// How often pending private keys past the download window are erased.
     pub sweep_interval: Duration,
+    /// Which headers `/authz` reads the original request from.
+    pub forward_auth_headers: ForwardAuthHeaders,
+}
+
+/// Which header pair carries the original request to `ANY /authz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardAuthHeaders {
+    /// Either pair; if both are present they must name the same request.
+    #[default]
+    Auto,
+    /// Only `X-Original-Method` and `X-Original-URI` (nginx `auth_request`); others are ignored.
+    Nginx,
+    /// Only `X-Forwarded-Method` and `X-Forwarded-Uri` (Traefik `ForwardAuth`); others are ignored.
+    Traefik,
+}
+
+impl ForwardAuthHeaders {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "nginx" => Some(Self::Nginx),
+            "traefik" => Some(Self::Traefik),
+            _ => None,
+        }
+    }
 }
 
 impl Config {
@@ -54,6 +79,7 @@ struct FileConfig {
     max_active_team_keys: Option<u32>,
     sync_interval: Option<DurationText>,
     sweep_interval: Option<DurationText>,
+    forward_auth_headers: Option<String>,
     roles: Option<BTreeMap<String, FileRole>>,
 }
 
@@ -272,6 +298,16 @@ pub fn load(
         Duration::from_secs(60),
     )?;
 
+    let forward_auth_headers =
+        match env("KEYGATE_FORWARD_AUTH_HEADERS").or(raw.forward_auth_headers) {
+            None => ForwardAuthHeaders::Auto,
+            Some(v) => ForwardAuthHeaders::parse(&v).ok_or_else(|| {
+                ConfigError(format!(
+                    "forward_auth_headers: {v:?} is \"auto\", \"nginx\" or \"traefik\""
+                ))
+            })?,
+        };
+
     let policy = match raw.roles {
         None => Policy::open(),
         Some(file_roles) => {
@@ -318,6 +354,7 @@ pub fn load(
         limits,
         sync_interval,
         sweep_interval,
+        forward_auth_headers,
     })
 }
 
@@ -364,6 +401,15 @@ pub fn describe(config: &Config) -> String {
         out,
         "sync_interval          {} ms",
         config.sync_interval.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "forward_auth_headers   {}",
+        match config.forward_auth_headers {
+            ForwardAuthHeaders::Auto => "auto (either pair; both must agree)",
+            ForwardAuthHeaders::Nginx => "nginx (X-Original-Method, X-Original-URI)",
+            ForwardAuthHeaders::Traefik => "traefik (X-Forwarded-Method, X-Forwarded-Uri)",
+        }
     );
     if config.policy.is_enforced() {
         let _ = writeln!(

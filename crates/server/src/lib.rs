@@ -33,6 +33,7 @@ pub struct AppState {
     pub keys: Arc<KeyService>,
     pub verifier: Arc<Verifier>,
     pub ring: Arc<KeyRing>,
+    pub forward_auth_headers: config::ForwardAuthHeaders,
 }
 
 /// The main listener's router.

@@ -49,7 +49,9 @@ fn create(path: &Path) -> Result<MasterKey, ConfigError> {
         keygate_store::create_private_dir(dir).map_err(|e| ConfigError(e.to_string()))?;
     }
     let key = MasterKey::generate().map_err(|e| ConfigError(e.to_string()))?;
-    let temp = path.with_extension(format!("key.{}.tmp", std::process::id()));
+    // A random name: process IDs repeat across containers sharing a volume.
+    let suffix = keygate_core::ids::KeyId::generate().map_err(|e| ConfigError(e.to_string()))?;
+    let temp = path.with_extension(format!("key.{suffix}.tmp"));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

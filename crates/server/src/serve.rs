@@ -50,6 +50,7 @@ pub async fn build(
         keys,
         verifier,
         ring,
+        forward_auth_headers: config.forward_auth_headers,
     })
 }
 

@@ -950,6 +950,48 @@ async fn a_client_cannot_choose_what_authz_checks() {
         .0,
         StatusCode::OK
     );
+
+    // With the gateway named in the configuration, only its pair counts: an Authelia-style
+    // nginx snippet that also sets X-Forwarded-* works, and client-sent X-Forwarded-* cannot
+    // steer the check.
+    let h = harness_with(|c| {
+        c.policy = config::load(Some(&policy), &|_| None, &Overrides::default())
+            .unwrap()
+            .policy;
+        c.forward_auth_headers = keygate_server::config::ForwardAuthHeaders::Nginx;
+    })
+    .await;
+    let (id, signer) = h.key_with_roles(&["DEVELOPER"]).await;
+    let auth = format!("Bearer {}", h.token_for(&id, &signer, json!({})));
+    let req = |pairs: &[(&str, &str)]| {
+        let mut b = Request::get("/authz").header(header::AUTHORIZATION, &auth);
+        for (k, v) in pairs {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    let authelia = req(&[
+        ("x-original-method", "GET"),
+        ("x-original-uri", "/v1/apps"),
+        ("x-forwarded-method", "GET"),
+    ]);
+    assert_eq!(h.send(authelia).await.0, StatusCode::OK);
+    let steer = req(&[
+        ("x-original-method", "DELETE"),
+        ("x-original-uri", "/v1/admin"),
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/v1/apps"),
+    ]);
+    assert_eq!(h.send(steer).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        h.send(req(&[
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/v1/apps")
+        ]))
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use keygate_core::token::VerifiedToken;
 
 use crate::AppState;
 use crate::auth::{Credential, credential};
+use crate::config::ForwardAuthHeaders;
 use crate::error::ApiError;
 
 /// The identity headers a successful check hands to the gateway (and the gateway upstream).
@@ -105,8 +106,21 @@ pub async fn authz_headers(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let nginx = header_pair(&headers, "x-original-method", "x-original-uri")?;
-    let traefik = header_pair(&headers, "x-forwarded-method", "x-forwarded-uri")?;
+    // With a configured gateway, only its pair counts and the other is ignored entirely.
+    let (nginx, traefik) = match state.forward_auth_headers {
+        ForwardAuthHeaders::Nginx => (
+            header_pair(&headers, "x-original-method", "x-original-uri")?,
+            None,
+        ),
+        ForwardAuthHeaders::Traefik => (
+            None,
+            header_pair(&headers, "x-forwarded-method", "x-forwarded-uri")?,
+        ),
+        ForwardAuthHeaders::Auto => (
+            header_pair(&headers, "x-original-method", "x-original-uri")?,
+            header_pair(&headers, "x-forwarded-method", "x-forwarded-uri")?,
+        ),
+    };
     let (method, uri) = match (nginx, traefik) {
         (Some(a), Some(b)) if a.0.eq_ignore_ascii_case(b.0) && a.1 == b.1 => a,
         (Some(_), Some(_)) => {

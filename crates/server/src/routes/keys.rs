@@ -324,13 +324,17 @@ pub async fn download_private_key(
     KeyIdParam(id): KeyIdParam,
 ) -> Result<Response, Response> {
     if method == Method::HEAD {
-        return Err(ErrorBody::new(
+        let mut refused = ErrorBody::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
             "The request method is not allowed for this resource.",
             "Use GET: the private key can be fetched once, and HEAD would spend that once.",
         )
-        .into_response_with_id());
+        .into_response_with_id();
+        refused
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return Err(refused);
     }
     download(&state, &p, &id)
         .await

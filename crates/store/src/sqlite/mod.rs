@@ -42,6 +42,7 @@ pub struct SqliteStore {
     /// Set when a WAL truncation after erasing key material could not complete (a reader was
     /// in the way); the periodic sweep retries it.
     wal_dirty: Arc<AtomicBool>,
+    checkpointing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -72,6 +73,7 @@ impl SqliteStore {
             writer,
             path: path.to_owned(),
             wal_dirty: Arc::new(AtomicBool::new(false)),
+            checkpointing: Arc::new(tokio::sync::Mutex::new(())),
         };
         store.migrate().await?;
         Ok(store)
@@ -121,29 +123,39 @@ impl SqliteStore {
         tx.commit().await.map_err(db_err)
     }
 
-    /// Moves the WAL into the database file and truncates it, so bytes just deleted (with
-    /// `secure_delete`) do not linger in old WAL frames. A reader still using old frames makes
-    /// `SQLite` report the checkpoint busy (in its result row, not as an error); then it is
-    /// retried briefly, and failing that by the next sweep.
-    async fn truncate_wal(&self) {
-        for attempt in 0..5 {
-            match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
-                .fetch_one(&self.writer)
-                .await
-            {
-                Ok((0, _, _)) => {
-                    self.wal_dirty.store(false, Ordering::SeqCst);
-                    return;
-                }
-                Ok(_) => tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "WAL checkpoint failed");
-                    break;
-                }
+    /// Schedules moving the WAL into the database file and truncating it, so bytes just deleted
+    /// (with `secure_delete`) do not linger in old WAL frames. It runs in the background on a
+    /// reader connection: a checkpoint waits for readers to move on (up to the busy timeout),
+    /// and neither the request that erased the bytes nor the single writer connection should
+    /// wait with it. Requests coalesce; one that cannot finish leaves the flag for the sweep.
+    fn truncate_wal_soon(&self) {
+        self.wal_dirty.store(true, Ordering::SeqCst);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _one_at_a_time = this.checkpointing.lock().await;
+            if this.wal_dirty.swap(false, Ordering::SeqCst) && !this.truncate_wal().await {
+                this.wal_dirty.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+
+    /// One `wal_checkpoint(TRUNCATE)`. A reader still using old frames makes `SQLite` report the
+    /// checkpoint busy in its result row (not as an error).
+    async fn truncate_wal(&self) -> bool {
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.reader)
+            .await
+        {
+            Ok((0, _, _)) => true,
+            Ok(_) => {
+                tracing::debug!("WAL busy; its truncation will be retried by the next sweep");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried by the next sweep");
+                false
             }
         }
-        tracing::warn!("WAL still in use; its truncation will be retried by the next sweep");
-        self.wal_dirty.store(true, Ordering::SeqCst);
     }
 }
 
@@ -536,7 +548,7 @@ impl KeyStore for SqliteStore {
             }
         };
         tx.commit().await.map_err(db_err)?;
-        self.truncate_wal().await;
+        self.truncate_wal_soon();
         Ok(outcome)
     }
 
@@ -583,7 +595,7 @@ impl KeyStore for SqliteStore {
         let updated = fetch_key(&mut tx, issuer, id).await?;
         tx.commit().await.map_err(db_err)?;
         if erased > 0 {
-            self.truncate_wal().await;
+            self.truncate_wal_soon();
         }
         Ok(updated)
     }
@@ -632,7 +644,7 @@ impl KeyStore for SqliteStore {
         }
         tx.commit().await.map_err(db_err)?;
         if !erased.is_empty() || self.wal_dirty.load(Ordering::SeqCst) {
-            self.truncate_wal().await;
+            self.truncate_wal_soon();
         }
         Ok(erased)
     }
