@@ -274,7 +274,7 @@ async fn the_whole_key_lifecycle() {
     assert!(ok, "keys download failed: {stderr}");
     let p8 = keys_dir.join(format!("AuthKey_{key_id}.p8"));
     let pem = std::fs::read_to_string(&p8).unwrap();
-    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    assert!(pem.starts_with(&format!("{}\n", keygate_core::crypto::PKCS8_PEM_BEGIN)));
     let openssl = Command::new("openssl")
         .args(["pkey", "-in", p8.to_str().unwrap(), "-noout", "-text"])
         .output()
@@ -431,7 +431,7 @@ async fn concurrent_downloads_succeed_exactly_once() {
         for t in tasks {
             match t.await.unwrap() {
                 (200, body) => {
-                    assert!(body.starts_with("-----BEGIN PRIVATE KEY-----"));
+                    assert!(body.starts_with(keygate_core::crypto::PKCS8_PEM_BEGIN));
                     ok += 1;
                 }
                 (410, body) => {

@@ -91,3 +91,26 @@ pub fn attributes(data: &mut Map<String, Value>) -> Result<Map<String, Value>, A
         Some(_) => Err(ApiError(Error::body("data.attributes must be an object."))),
     }
 }
+
+/// The default and largest page sizes of collections.
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 200;
+
+/// The `limit` query parameter: 1 to [`MAX_LIMIT`].
+pub fn parse_limit(v: &str) -> Result<u32, Error> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            Error::parameter("limit", format!("limit is a number from 1 to {MAX_LIMIT}."))
+        })
+}
+
+/// A query parameter the endpoint does not take (shown truncated).
+pub fn unknown_parameter(name: &str, takes: &str) -> Error {
+    let shown: String = name.chars().take(40).collect();
+    Error::parameter(
+        &shown,
+        format!("Unknown parameter {shown:?}; this endpoint takes {takes}."),
+    )
+}

@@ -605,7 +605,7 @@ async fn download_is_once_and_window_bound() {
     assert!(
         String::from_utf8(body)
             .unwrap()
-            .starts_with("-----BEGIN PRIVATE KEY-----\n")
+            .starts_with(&format!("{}\n", keygate_core::crypto::PKCS8_PEM_BEGIN))
     );
     let (status, _, body) = h.send(get(&id)).await;
     assert_eq!(status, StatusCode::GONE);

@@ -352,7 +352,7 @@ async fn a_key_that_cannot_be_opened_stays_pending(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(
-        matches!(taken, TakePrivateKey::Taken(pem) if pem.expose().starts_with("-----BEGIN PRIVATE KEY-----"))
+        matches!(taken, TakePrivateKey::Taken(pem) if pem.expose().starts_with(keygate_core::crypto::PKCS8_PEM_BEGIN))
     );
 }
 

@@ -10,10 +10,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiResult;
-use crate::jsonapi::json_response;
-
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 200;
+use crate::jsonapi::{DEFAULT_LIMIT, json_response, parse_limit, unknown_parameter};
 
 fn resource(e: &AuditEvent) -> Value {
     let hash = e.hash.iter().fold(String::with_capacity(64), |mut acc, b| {
@@ -43,30 +40,13 @@ fn parse_query(raw: Option<&str>) -> Result<(u32, Option<i64>), Error> {
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        Error::parameter(
-                            "limit",
-                            format!("limit is a number from 1 to {MAX_LIMIT}."),
-                        )
-                    })?;
-            }
+            "limit" => limit = parse_limit(v)?,
             "cursor" => {
                 cursor = Some(v.parse().ok().filter(|n: &i64| *n > 0).ok_or_else(|| {
                     Error::parameter("cursor", "the cursor is not one keygate issued")
                 })?);
             }
-            other => {
-                let shown: String = other.chars().take(40).collect();
-                return Err(Error::parameter(
-                    &shown,
-                    format!("Unknown parameter {shown:?}; this endpoint takes limit and cursor."),
-                ));
-            }
+            other => return Err(unknown_parameter(other, "limit and cursor")),
         }
     }
     Ok((limit, cursor))

@@ -14,7 +14,10 @@ use serde_json::{Map, Value, json};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::jsonapi::{attributes, json_response, read_document, with_status};
+use crate::jsonapi::{
+    DEFAULT_LIMIT, attributes, json_response, parse_limit, read_document, unknown_parameter,
+    with_status,
+};
 
 /// The `{key_id}` path segment. A segment that does not decode is a `404` in the error shape,
 /// like any other unknown key, rather than axum's plain-text rejection.
@@ -31,9 +34,6 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyIdParam {
             .map_err(|_| ApiError(Error::NotFound("There is no API key with this ID.".into())))
     }
 }
-
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 200;
 
 fn key_resource(key: &ApiKey, now: i64, window: i64) -> Value {
     let can_download = key.can_download(now, window);
@@ -114,26 +114,12 @@ fn parse_list_query(raw: Option<&str>, now: i64) -> Result<KeyQuery, Error> {
                     Error::parameter("filter[keyType]", "filter[keyType] is TEAM or INDIVIDUAL.")
                 })?);
             }
-            "limit" => {
-                q.limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        Error::parameter(
-                            "limit",
-                            format!("limit is a number from 1 to {MAX_LIMIT}."),
-                        )
-                    })?;
-            }
+            "limit" => q.limit = parse_limit(&v)?,
             "cursor" => q.after = Some(KeyCursor::decode(&v)?),
             other => {
-                let shown: String = other.chars().take(40).collect();
-                return Err(Error::parameter(
-                    &shown,
-                    format!(
-                        "Unknown parameter {shown:?}; this endpoint takes filter[status], filter[keyType], limit and cursor."
-                    ),
+                return Err(unknown_parameter(
+                    other,
+                    "filter[status], filter[keyType], limit and cursor",
                 ));
             }
         }
