@@ -175,6 +175,28 @@ fn cli_token(key_file: &Path, key_id: &str, issuer: &str) -> String {
     stdout.trim().to_owned()
 }
 
+/// Waits until the server accepts a key bootstrapped behind its back (SPEC: within 2 s).
+async fn wait_until_accepted(server: &Server, token: &str) {
+    let started = Instant::now();
+    loop {
+        let status = http()
+            .get(server.url("/v1/issuer"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "bootstrapped key not accepted within 2 s (last status {status})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -232,24 +254,7 @@ async fn the_whole_key_lifecycle() {
     // 1. Bootstrap an admin key while the server runs; the server accepts it within 2 s.
     let admin = bootstrap(&server, &dir.path().join("keys"));
     let admin_token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
-    let started = Instant::now();
-    loop {
-        let status = http()
-            .get(server.url("/v1/issuer"))
-            .bearer_auth(&admin_token)
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if status == 200 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "bootstrapped key not accepted within 2 s (last status {status})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_accepted(&server, &admin_token).await;
 
     // 2. Create a DEVELOPER key.
     let key_id = create_key(&server, &admin_token, &["DEVELOPER"]).await;
@@ -411,7 +416,7 @@ async fn concurrent_downloads_succeed_exactly_once() {
     let server = Server::start(&dir.path().join("data"));
     let admin = bootstrap(&server, &dir.path().join("keys"));
     let token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
-    tokio::time::sleep(Duration::from_millis(300)).await; // let the server pick up the bootstrapped key
+    wait_until_accepted(&server, &token).await;
     for round in 0..3 {
         let key_id = create_key(&server, &token, &["DEVELOPER"]).await;
         let url = server.url(&format!("/v1/apiKeys/{key_id}/privateKey"));
@@ -482,7 +487,7 @@ async fn private_key_bytes_are_never_at_rest() {
     let server = Server::start(&data);
     let admin = bootstrap(&server, &dir.path().join("keys"));
     let token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_accepted(&server, &token).await;
 
     let mut keys = Vec::new();
     for _ in 0..5 {
