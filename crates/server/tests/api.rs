@@ -19,6 +19,7 @@ use keygate_core::clock::ManualClock;
 use keygate_core::crypto::{MasterKey, PrivateKeyPem, generate_key_pair, public_key_pem};
 use keygate_core::key::Algorithm;
 use keygate_core::token::{Signer, sign_jwt};
+use keygate_server::config::ForwardAuthHeaders;
 use keygate_server::config::{self, Overrides};
 use keygate_server::serve::build;
 use keygate_server::{AppState, app};
@@ -886,8 +887,11 @@ async fn forward_auth_modes_and_identity_headers() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{doc}");
 }
 
-#[tokio::test]
-async fn a_client_cannot_choose_what_authz_checks() {
+/// Extra request headers, and the status and reason expected with them.
+type HeaderCase<'a> = (&'a [(&'a str, &'a str)], StatusCode, &'a str);
+
+/// `GET /authz` with a DEVELOPER token (policy: `GET /v1/apps/**`) and these headers.
+async fn authz_with_headers(mode: ForwardAuthHeaders, cases: &[HeaderCase<'_>]) {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(
@@ -899,99 +903,106 @@ async fn a_client_cannot_choose_what_authz_checks() {
         c.policy = config::load(Some(&policy), &|_| None, &Overrides::default())
             .unwrap()
             .policy;
+        c.forward_auth_headers = mode;
     })
     .await;
     let (id, signer) = h.key_with_roles(&["DEVELOPER"]).await;
     let auth = format!("Bearer {}", h.token_for(&id, &signer, json!({})));
-    let req = |pairs: &[(&str, &str)]| {
+    for (pairs, want, why) in cases {
         let mut b = Request::get("/authz").header(header::AUTHORIZATION, &auth);
-        for (k, v) in pairs {
+        for (k, v) in *pairs {
             b = b.header(*k, *v);
         }
-        b.body(Body::empty()).unwrap()
-    };
-    // Traefik sets X-Forwarded-*; the client adds X-Original-* naming an allowed request.
-    let spoofed = req(&[
+        assert_eq!(
+            h.send(b.body(Body::empty()).unwrap()).await.0,
+            *want,
+            "{mode:?}: {why}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_cannot_choose_what_authz_checks() {
+    const FWD_DELETE: [(&str, &str); 2] = [
         ("x-forwarded-method", "DELETE"),
         ("x-forwarded-uri", "/v1/admin/x"),
-        ("x-original-method", "GET"),
-        ("x-original-uri", "/v1/apps"),
-    ]);
-    assert_eq!(h.send(spoofed).await.0, StatusCode::BAD_REQUEST);
-    // nginx set only X-Original-URI; the client supplies the method through the other pair.
-    let half = req(&[
-        ("x-original-uri", "/v1/apps"),
-        ("x-forwarded-method", "GET"),
-    ]);
-    assert_eq!(h.send(half).await.0, StatusCode::BAD_REQUEST);
-    // Both pairs naming the same request are fine; so is either pair alone.
-    let same = req(&[
+    ];
+    const FWD_GET: [(&str, &str); 2] = [
         ("x-forwarded-method", "GET"),
         ("x-forwarded-uri", "/v1/apps"),
-        ("x-original-method", "get"),
+    ];
+    const ORIG_GET: [(&str, &str); 2] =
+        [("x-original-method", "GET"), ("x-original-uri", "/v1/apps")];
+    const ORIG_DELETE: [(&str, &str); 2] = [
+        ("x-original-method", "DELETE"),
+        ("x-original-uri", "/v1/admin"),
+    ];
+    let both = |a: [(&'static str, &'static str); 2], b: [(&'static str, &'static str); 2]| {
+        [a[0], a[1], b[0], b[1]]
+    };
+    let spoofed = both(FWD_DELETE, ORIG_GET);
+    let same = both(
+        FWD_GET,
+        [("x-original-method", "get"), ("x-original-uri", "/v1/apps")],
+    );
+    let steer = both(ORIG_DELETE, FWD_GET);
+    let authelia = [ORIG_GET[0], ORIG_GET[1], ("x-forwarded-method", "GET")];
+    let half = [
         ("x-original-uri", "/v1/apps"),
-    ]);
-    assert_eq!(h.send(same).await.0, StatusCode::OK);
-    assert_eq!(
-        h.send(req(&[
-            ("x-forwarded-method", "DELETE"),
-            ("x-forwarded-uri", "/v1/admin/x")
-        ]))
-        .await
-        .0,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        h.send(req(&[
-            ("x-original-method", "GET"),
-            ("x-original-uri", "http://api.example/v1/apps/1")
-        ]))
-        .await
-        .0,
-        StatusCode::OK
-    );
+        ("x-forwarded-method", "GET"),
+    ];
+    let absolute = [
+        ("x-original-method", "GET"),
+        ("x-original-uri", "http://api.example/v1/apps/1"),
+    ];
 
+    authz_with_headers(
+        ForwardAuthHeaders::Auto,
+        &[
+            (&spoofed, StatusCode::BAD_REQUEST, "Traefik set X-Forwarded-*, the client added X-Original-* naming an allowed request"),
+            (&half, StatusCode::BAD_REQUEST, "nginx set only X-Original-URI, the client supplied the method in the other pair"),
+            (&same, StatusCode::OK, "both pairs naming the same request"),
+            (&FWD_DELETE, StatusCode::FORBIDDEN, "one pair alone is checked"),
+            (&absolute, StatusCode::OK, "an absolute URI is reduced to path and query"),
+        ],
+    )
+    .await;
     // With the gateway named in the configuration, only its pair counts: an Authelia-style
     // nginx snippet that also sets X-Forwarded-* works, and client-sent X-Forwarded-* cannot
     // steer the check.
-    let h = harness_with(|c| {
-        c.policy = config::load(Some(&policy), &|_| None, &Overrides::default())
-            .unwrap()
-            .policy;
-        c.forward_auth_headers = keygate_server::config::ForwardAuthHeaders::Nginx;
-    })
+    authz_with_headers(
+        ForwardAuthHeaders::Nginx,
+        &[
+            (&authelia, StatusCode::OK, "the other family is ignored"),
+            (
+                &steer,
+                StatusCode::FORBIDDEN,
+                "client-sent X-Forwarded-* cannot steer",
+            ),
+            (
+                &FWD_GET,
+                StatusCode::BAD_REQUEST,
+                "the nginx pair is required",
+            ),
+        ],
+    )
     .await;
-    let (id, signer) = h.key_with_roles(&["DEVELOPER"]).await;
-    let auth = format!("Bearer {}", h.token_for(&id, &signer, json!({})));
-    let req = |pairs: &[(&str, &str)]| {
-        let mut b = Request::get("/authz").header(header::AUTHORIZATION, &auth);
-        for (k, v) in pairs {
-            b = b.header(*k, *v);
-        }
-        b.body(Body::empty()).unwrap()
-    };
-    let authelia = req(&[
-        ("x-original-method", "GET"),
-        ("x-original-uri", "/v1/apps"),
-        ("x-forwarded-method", "GET"),
-    ]);
-    assert_eq!(h.send(authelia).await.0, StatusCode::OK);
-    let steer = req(&[
-        ("x-original-method", "DELETE"),
-        ("x-original-uri", "/v1/admin"),
-        ("x-forwarded-method", "GET"),
-        ("x-forwarded-uri", "/v1/apps"),
-    ]);
-    assert_eq!(h.send(steer).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(
-        h.send(req(&[
-            ("x-forwarded-method", "GET"),
-            ("x-forwarded-uri", "/v1/apps")
-        ]))
-        .await
-        .0,
-        StatusCode::BAD_REQUEST
-    );
+    authz_with_headers(
+        ForwardAuthHeaders::Traefik,
+        &[
+            (
+                &spoofed,
+                StatusCode::FORBIDDEN,
+                "client-sent X-Original-* is ignored",
+            ),
+            (
+                &ORIG_GET,
+                StatusCode::BAD_REQUEST,
+                "the Traefik pair is required",
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
