@@ -333,6 +333,14 @@ async fn bad_input_gets_clear_json_errors() {
             .body(Body::from(body))
             .unwrap()
     };
+    let authed = |method: &str, uri: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {t}"))
+            .body(Body::empty())
+            .unwrap()
+    };
     let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
         (
             raw("{not json"),
@@ -442,50 +450,32 @@ async fn bad_input_gets_clear_json_errors() {
             "NOT_FOUND",
         ),
         (
-            Request::delete("/v1/apiKeys")
-                .header(header::AUTHORIZATION, format!("Bearer {t}"))
-                .body(Body::empty())
-                .unwrap(),
+            authed("DELETE", "/v1/apiKeys"),
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
         ),
         (
-            Request::get("/v1/apiKeys?limit=0")
-                .header(header::AUTHORIZATION, format!("Bearer {t}"))
-                .body(Body::empty())
-                .unwrap(),
+            authed("GET", "/v1/apiKeys?limit=0"),
             StatusCode::BAD_REQUEST,
             "PARAMETER_ERROR.INVALID",
         ),
         (
-            Request::get("/v1/apiKeys?filter[status]=x")
-                .header(header::AUTHORIZATION, format!("Bearer {t}"))
-                .body(Body::empty())
-                .unwrap(),
+            authed("GET", "/v1/apiKeys?filter[status]=x"),
             StatusCode::BAD_REQUEST,
             "PARAMETER_ERROR.INVALID",
         ),
         (
-            Request::get("/v1/apiKeys/not-a-key")
-                .header(header::AUTHORIZATION, format!("Bearer {t}"))
-                .body(Body::empty())
-                .unwrap(),
+            authed("GET", "/v1/apiKeys/not-a-key"),
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
         ),
         (
-            Request::get("/v1/apiKeys/ZZZZZZZZZZ/privateKey")
-                .header(header::AUTHORIZATION, format!("Bearer {t}"))
-                .body(Body::empty())
-                .unwrap(),
+            authed("GET", "/v1/apiKeys/ZZZZZZZZZZ/privateKey"),
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
         ),
         (
-            Request::get("/v1/apiKeys/%FF%FE")
-                .header(header::AUTHORIZATION, format!("Bearer {t}"))
-                .body(Body::empty())
-                .unwrap(),
+            authed("GET", "/v1/apiKeys/%FF%FE"),
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
         ),
