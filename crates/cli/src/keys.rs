@@ -145,21 +145,22 @@ pub async fn run(cmd: KeysCommand) -> Result<()> {
 
 fn table(keys: &[ApiKeyInfo]) -> String {
     let mut out = format!(
-        "{:<10}  {:<24}  {:<20}  {:<8}  {:<20}  {:<20}  {}\n",
-        "KEY ID", "NAME", "ACCESS", "STATUS", "CREATED", "LAST USED", "DOWNLOAD"
+        "{:<10}  {:<24}  {:<20}  {:<8}  {:<20}  {:<20}  {:>9}  {}\n",
+        "KEY ID", "NAME", "ACCESS", "STATUS", "CREATED", "LAST USED", "REQUESTS", "DOWNLOAD"
     );
     for k in keys {
         let name: String = k.name.chars().take(24).collect();
         let _ = std::fmt::Write::write_fmt(
             &mut out,
             format_args!(
-                "{:<10}  {:<24}  {:<20}  {:<8}  {:<20}  {:<20}  {}\n",
+                "{:<10}  {:<24}  {:<20}  {:<8}  {:<20}  {:<20}  {:>9}  {}\n",
                 k.id,
                 name,
                 k.roles.join(","),
                 if k.is_active { "ACTIVE" } else { "REVOKED" },
                 k.created_date,
                 k.last_used_date.as_deref().unwrap_or("-"),
+                k.request_count,
                 if k.can_download { "available" } else { "-" },
             ),
         );

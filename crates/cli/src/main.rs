@@ -56,6 +56,12 @@ struct ServeArgs {
     /// Accepted token audience; repeat for several [default: keygate-v1].
     #[arg(long = "audience")]
     audiences: Vec<String>,
+    /// Run the reverse proxy on this address (needs --upstream).
+    #[arg(long, requires = "upstream")]
+    proxy_listen: Option<String>,
+    /// The protected API the reverse proxy forwards allowed requests to (http://host:port).
+    #[arg(long, requires = "proxy_listen")]
+    upstream: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,10 +204,18 @@ async fn serve_cmd(args: ServeArgs) -> Result<()> {
         listen: args.listen,
         database: args.database,
         audiences: args.audiences,
+        proxy_listen: args.proxy_listen,
+        upstream: args.upstream,
     };
     let cfg = config::load(args.config.as_deref(), &env_var, &overrides)?;
     let master = master_key::resolve(env_var("KEYGATE_MASTER_KEY"), &cfg.database)?;
-    serve::run(cfg, master, |addr, issuer, created| {
+    serve::run(cfg, master, |ready| {
+        let serve::Ready {
+            addr,
+            proxy,
+            issuer,
+            created,
+        } = ready;
         #[allow(clippy::print_stdout)]
         {
             if created {
@@ -212,6 +226,9 @@ async fn serve_cmd(args: ServeArgs) -> Result<()> {
                 println!(
                     "keygate: create the first admin key with: keygate admin bootstrap --out DIR"
                 );
+            }
+            if let Some((proxy, upstream)) = proxy {
+                println!("keygate proxy listening on http://{proxy} for {upstream}");
             }
             println!("keygate listening on http://{addr}");
         }

@@ -41,6 +41,8 @@ pub struct ApiKeyInfo {
     pub can_download: bool,
     pub created_date: String,
     pub last_used_date: Option<String>,
+    #[serde(default)]
+    pub request_count: u64,
     pub revoked_date: Option<String>,
     pub created_by: String,
 }

@@ -141,8 +141,9 @@ pub enum Error {
     Invalid { at: InvalidSource, detail: String },
     #[error("private key unavailable: {0:?}")]
     PrivateKey(PrivateKeyUnavailable),
+    /// Over the key's rolling-hour limit; the text says which limit and when to retry.
     #[error("rate limit exceeded")]
-    RateLimited,
+    RateLimited(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// Something that should not happen. The text goes to the log only, never to a client.

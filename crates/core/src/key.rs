@@ -111,6 +111,9 @@ pub struct ApiKey {
     pub created_by: String,
     pub created_at: UnixTime,
     pub last_used_at: Option<UnixTime>,
+    /// Requests the data plane admitted for this key (flushed in batches, so a few seconds
+    /// behind).
+    pub request_count: u64,
     pub revoked_at: Option<UnixTime>,
     pub revoke_reason: Option<String>,
     pub expires_at: Option<UnixTime>,

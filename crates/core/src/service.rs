@@ -18,6 +18,7 @@ use crate::error::{AuthFailure, Error, ForbiddenReason, PrivateKeyUnavailable, R
 use crate::ids::{Actor, IssuerId, KeyId};
 use crate::key::{Algorithm, ApiKey, KeyQuery, KeyType, Page, PrivateKeyState};
 use crate::keyset::KeyRing;
+use crate::meter::Meter;
 use crate::policy::Policy;
 use crate::role::{Role, RoleCatalog};
 use crate::scope::RequestTarget;
@@ -98,12 +99,18 @@ impl Verifier {
         )
     }
 
-    /// The data-plane decision for a request on the protected API: credential, then token
-    /// scope, then role policy.
+    /// The data-plane decision for a request on the protected API, in the contract's order:
+    /// credential (signature, key status, claims, and the long-lived lifetime rule), then role
+    /// policy, then token scope. Rate limits come after, in [`crate::gate::Gate`].
     #[instrument(level = "trace", skip_all)]
     pub fn authorize(&self, token: &str, target: &RequestTarget<'_>) -> Result<VerifiedToken> {
         let verified = self.verify(token)?;
-        verified.check_scope(target)?;
+        self.permit(&verified, target)?;
+        Ok(verified)
+    }
+
+    /// Role, then scope, for an already verified token.
+    pub fn permit(&self, verified: &VerifiedToken, target: &RequestTarget<'_>) -> Result<()> {
         if !self.policy.allows(&verified.key.roles, target) {
             return Err(Error::forbidden(
                 ForbiddenReason::RoleNotAllowed,
@@ -116,7 +123,7 @@ impl Verifier {
                 ),
             ));
         }
-        Ok(verified)
+        verified.check_scope(target)
     }
 
     /// Authenticates a caller of keygate's own management API. The token's scope, if any, must
@@ -271,6 +278,7 @@ impl KeyService {
             created_by: actor.to_string(),
             created_at: now,
             last_used_at: None,
+            request_count: 0,
             revoked_at: None,
             revoke_reason: None,
             expires_at: None,
@@ -334,6 +342,7 @@ impl KeyService {
             created_by: actor.to_string(),
             created_at: now,
             last_used_at: None,
+            request_count: 0,
             revoked_at: None,
             revoke_reason: None,
             expires_at: req.expires_at,
@@ -484,6 +493,22 @@ impl KeyService {
     }
 
     /// Loads every key into the key ring (start-up, or after losing track of the feed).
+    /// Writes the usage the data plane metered since the last flush. On failure the batch goes
+    /// back into the meter, so nothing is lost while the database is away.
+    pub async fn flush_usage(&self, meter: &Meter) -> Result<usize> {
+        let batch = meter.drain_usage();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        match self.store.record_usage(&batch).await {
+            Ok(()) => Ok(batch.len()),
+            Err(e) => {
+                meter.restore_usage(&batch);
+                Err(e)
+            }
+        }
+    }
+
     pub async fn reload_keys(&self) -> Result<usize> {
         let (seq, keys) = self.store.load_all_keys().await?;
         self.ring.replace_all(&keys, seq);

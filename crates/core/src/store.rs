@@ -12,6 +12,7 @@ use crate::crypto::{PrivateKeyPem, SealedPrivateKey};
 use crate::error::{PrivateKeyUnavailable, Result};
 use crate::ids::{Actor, IssuerId, KeyId};
 use crate::key::{ApiKey, KeyQuery, Page};
+use crate::meter::KeyUsage;
 
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +100,11 @@ pub trait KeyStore: Send + Sync {
         now: UnixTime,
         actor: &Actor,
     ) -> Result<Vec<ApiKey>>;
+
+    /// Adds a batch of usage from the data plane: `requests` to each key's request count, and
+    /// its last-used time if newer. Unknown keys are skipped. Not a change that affects
+    /// verification, so it writes no change-feed entry and no audit event.
+    async fn record_usage(&self, usage: &[KeyUsage]) -> Result<()>;
 }
 
 /// What a node needs to keep its in-memory verification state current.

@@ -127,9 +127,11 @@ impl FromRequestParts<AppState> for Caller {
             path: uri.path(),
             query: uri.query().unwrap_or(""),
         };
-        let principal = state
-            .verifier
-            .authenticate_management(token, &target, peer_ip(parts))?;
+        let principal =
+            state
+                .gate
+                .verifier()
+                .authenticate_management(token, &target, peer_ip(parts))?;
         Ok(Self(principal))
     }
 }

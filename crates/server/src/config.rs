@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use keygate_core::policy::{Policy, RolePolicy, RoutePattern};
+use keygate_core::policy::{DEFAULT_RATE_LIMIT_PER_HOUR, Policy, RolePolicy, RoutePattern};
 use keygate_core::role::{Role, RoleCatalog};
 use keygate_core::service::KeyLimits;
 use keygate_core::token::TokenRules;
@@ -29,6 +29,20 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Which headers `/authz` reads the original request from.
     pub forward_auth_headers: ForwardAuthHeaders,
+    /// How often per-key usage (last use, request count) is written to the store.
+    pub usage_flush_interval: Duration,
+    /// The reverse proxy, when both `proxy_listen` and `upstream` are set.
+    pub proxy: Option<ProxyConfig>,
+}
+
+/// `serve --proxy-listen ADDR --upstream URL`.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// `http://host:port` with an optional path prefix, no query.
+    pub upstream: axum::http::Uri,
+    /// Longest wait for the upstream's response headers (default 60 s).
+    pub upstream_timeout: Duration,
 }
 
 /// Which header pair carries the original request to `ANY /authz`.
@@ -80,6 +94,11 @@ struct FileConfig {
     sync_interval: Option<DurationText>,
     sweep_interval: Option<DurationText>,
     forward_auth_headers: Option<String>,
+    rate_limit_per_hour: Option<u32>,
+    usage_flush_interval: Option<DurationText>,
+    proxy_listen: Option<String>,
+    upstream: Option<String>,
+    upstream_timeout: Option<DurationText>,
     roles: Option<BTreeMap<String, FileRole>>,
 }
 
@@ -145,6 +164,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub database: Option<String>,
     pub audiences: Vec<String>,
+    pub proxy_listen: Option<String>,
+    pub upstream: Option<String>,
 }
 
 #[allow(clippy::too_many_lines)] // one pass over the layers, key by key
@@ -308,6 +329,44 @@ pub fn load(
             })?,
         };
 
+    let usage_flush_interval = interval(
+        "usage_flush_interval",
+        "KEYGATE_USAGE_FLUSH_INTERVAL",
+        raw.usage_flush_interval,
+        Duration::from_secs(5),
+    )?;
+    let upstream_timeout = interval(
+        "upstream_timeout",
+        "KEYGATE_UPSTREAM_TIMEOUT",
+        raw.upstream_timeout,
+        Duration::from_secs(60),
+    )?;
+    let proxy = proxy_config(
+        overrides
+            .proxy_listen
+            .clone()
+            .or_else(|| env("KEYGATE_PROXY_LISTEN"))
+            .or(raw.proxy_listen),
+        overrides
+            .upstream
+            .clone()
+            .or_else(|| env("KEYGATE_UPSTREAM"))
+            .or(raw.upstream),
+        upstream_timeout,
+    )?;
+    let default_rate_limit = match env("KEYGATE_RATE_LIMIT_PER_HOUR") {
+        Some(v) => Some(v.parse().map_err(|_| {
+            ConfigError(format!(
+                "KEYGATE_RATE_LIMIT_PER_HOUR: {v:?} is not a number"
+            ))
+        })?),
+        None => raw.rate_limit_per_hour,
+    }
+    .unwrap_or(DEFAULT_RATE_LIMIT_PER_HOUR);
+    if default_rate_limit == 0 {
+        return Err(ConfigError("rate_limit_per_hour must be at least 1".into()));
+    }
+
     let policy = match raw.roles {
         None => Policy::open(),
         Some(file_roles) => {
@@ -328,6 +387,11 @@ pub fn load(
                             .collect()
                     };
                 let long_lived = pats(&r.long_lived, "long_lived")?;
+                if r.rate_limit_per_hour == Some(0) {
+                    return Err(ConfigError(format!(
+                        "roles.{name}.rate_limit_per_hour must be at least 1"
+                    )));
+                }
                 if let Some(p) = r.long_lived.iter().find(|p| !p.starts_with("GET ")) {
                     return Err(ConfigError(format!(
                         "roles.{name}.long_lived: {p:?} is not a GET pattern; only reads may be long-lived"
@@ -344,7 +408,8 @@ pub fn load(
             }
             Policy::new(out)
         }
-    };
+    }
+    .with_default_rate_limit(default_rate_limit);
 
     Ok(Config {
         listen,
@@ -355,7 +420,43 @@ pub fn load(
         sync_interval,
         sweep_interval,
         forward_auth_headers,
+        usage_flush_interval,
+        proxy,
     })
+}
+
+fn proxy_config(
+    listen: Option<String>,
+    upstream: Option<String>,
+    upstream_timeout: Duration,
+) -> Result<Option<ProxyConfig>, ConfigError> {
+    let (listen, upstream) = match (listen, upstream) {
+        (None, None) => return Ok(None),
+        (Some(l), Some(u)) => (l, u),
+        _ => {
+            return Err(ConfigError(
+                "proxy_listen and upstream go together: set both to run the reverse proxy".into(),
+            ));
+        }
+    };
+    let listen = listen.parse().map_err(|_| {
+        ConfigError(format!(
+            "proxy_listen: {listen:?} is not an address such as 127.0.0.1:8081"
+        ))
+    })?;
+    let uri: axum::http::Uri = upstream
+        .parse()
+        .map_err(|_| ConfigError(format!("upstream: {upstream:?} is not a URL")))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() || uri.query().is_some() {
+        return Err(ConfigError(format!(
+            "upstream: {upstream:?} must be http://host:port with an optional path and no query (put TLS in front of keygate, not behind it)"
+        )));
+    }
+    Ok(Some(ProxyConfig {
+        listen,
+        upstream: uri,
+        upstream_timeout,
+    }))
 }
 
 /// What `keygate check-config` prints: the configuration as understood.
@@ -411,6 +512,30 @@ pub fn describe(config: &Config) -> String {
             ForwardAuthHeaders::Traefik => "traefik (X-Forwarded-Method, X-Forwarded-Uri)",
         }
     );
+    let _ = writeln!(
+        out,
+        "rate_limit_per_hour    {} per key (roles may set their own)",
+        config.policy.default_rate_limit()
+    );
+    let _ = writeln!(
+        out,
+        "usage_flush_interval   {} ms",
+        config.usage_flush_interval.as_millis()
+    );
+    match &config.proxy {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "reverse proxy          {} -> {} (response headers within {} s)",
+                p.listen,
+                p.upstream,
+                p.upstream_timeout.as_secs()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "reverse proxy          off");
+        }
+    }
     if config.policy.is_enforced() {
         let _ = writeln!(
             out,
@@ -425,7 +550,7 @@ pub fn describe(config: &Config) -> String {
                 let _ = writeln!(out, "    long_lived {}", p.as_str());
             }
             if let Some(n) = rp.rate_limit_per_hour {
-                let _ = writeln!(out, "    rate limit {n}/hour (parsed; not enforced yet)");
+                let _ = writeln!(out, "    rate limit {n} requests per rolling hour per key");
             }
         }
     } else {

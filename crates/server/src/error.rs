@@ -187,12 +187,12 @@ fn body_for(e: Error) -> (ErrorBody, Option<String>) {
             };
             (b, None)
         }
-        Error::RateLimited => (
+        Error::RateLimited(detail) => (
             ErrorBody::new(
                 S::TOO_MANY_REQUESTS,
                 "RATE_LIMIT_EXCEEDED",
                 "The request rate limit has been reached.",
-                "Too many requests for this key in the last hour.",
+                detail,
             ),
             None,
         ),

@@ -6,9 +6,11 @@
 
 pub mod auth;
 pub mod config;
+pub mod dataplane;
 pub mod error;
 pub mod jsonapi;
 pub mod master_key;
+pub mod proxy;
 pub mod routes;
 pub mod serve;
 
@@ -20,8 +22,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, get};
+use keygate_core::gate::Gate;
 use keygate_core::keyset::KeyRing;
-use keygate_core::service::{KeyService, Verifier};
+use keygate_core::service::KeyService;
 
 pub use config::Config;
 
@@ -31,7 +34,9 @@ use crate::error::ErrorBody;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub keys: Arc<KeyService>,
-    pub verifier: Arc<Verifier>,
+    /// The data-plane decision (verification, policy, rate limits); its verifier also
+    /// authenticates management callers.
+    pub gate: Gate,
     pub ring: Arc<KeyRing>,
     pub forward_auth_headers: config::ForwardAuthHeaders,
 }

@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use keygate_core::clock::{Clock, SystemClock};
 use keygate_core::crypto::MasterKey;
+use keygate_core::gate::Gate;
 use keygate_core::keyset::KeyRing;
+use keygate_core::meter::Meter;
 use keygate_core::service::{KeyService, Verifier};
 use keygate_core::store::Issuer;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError};
+use crate::proxy::{self, Proxy};
 use crate::{AppState, app};
 
 /// Opens the store, builds the services and loads the key ring.
@@ -44,11 +47,12 @@ pub async fn build(
         Arc::clone(&ring),
         Arc::new(config.policy.clone()),
         config.token_rules.clone(),
-        clock,
+        Arc::clone(&clock),
     ));
+    let gate = Gate::new(verifier, Arc::new(Meter::new(clock)));
     Ok(AppState {
         keys,
-        verifier,
+        gate,
         ring,
         forward_auth_headers: config.forward_auth_headers,
     })
@@ -56,6 +60,19 @@ pub async fn build(
 
 /// Starts the background tasks of a node.
 pub fn spawn_tasks(state: &AppState, config: &Config) {
+    let keys = Arc::clone(&state.keys);
+    let meter = Arc::clone(state.gate.meter());
+    let every = config.usage_flush_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = keys.flush_usage(&meter).await {
+                tracing::warn!(error = %e, "usage flush failed; kept in memory for the next one");
+            }
+        }
+    });
     let keys = Arc::clone(&state.keys);
     let every = config.sync_interval;
     tokio::spawn(async move {
@@ -101,13 +118,23 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
     });
 }
 
+/// What a node tells its caller once its listeners are up.
+#[derive(Debug)]
+pub struct Ready<'a> {
+    pub addr: SocketAddr,
+    /// The reverse proxy's address and upstream, when it runs.
+    pub proxy: Option<(SocketAddr, String)>,
+    pub issuer: &'a Issuer,
+    /// Whether this start created the issuer (to print the first-run message).
+    pub created: bool,
+}
+
 /// Runs a node until ctrl-c / SIGTERM; on an empty database it first creates the issuer.
-/// `on_ready` gets the bound address, the issuer, and whether this start created it (to print
-/// the first-run message) once the listener is up.
+/// `on_ready` is called once every listener is bound.
 pub async fn run(
     config: Config,
     master: MasterKey,
-    on_ready: impl FnOnce(SocketAddr, &Issuer, bool),
+    on_ready: impl FnOnce(Ready<'_>),
 ) -> Result<(), ConfigError> {
     let state = build(&config, master, Arc::new(SystemClock)).await?;
     let (issuer, created) = state
@@ -121,16 +148,61 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| ConfigError(e.to_string()))?;
+    let proxy = match &config.proxy {
+        Some(p) => {
+            let l = TcpListener::bind(p.listen)
+                .await
+                .map_err(|e| ConfigError(format!("cannot listen on {} (proxy): {e}", p.listen)))?;
+            let bound = l.local_addr().map_err(|e| ConfigError(e.to_string()))?;
+            Some((l, bound, Arc::new(Proxy::new(p)), p.upstream.to_string()))
+        }
+        None => None,
+    };
     spawn_tasks(&state, &config);
-    on_ready(addr, &issuer, created);
-    let router = app(state);
-    axum::serve(
+    on_ready(Ready {
+        addr,
+        proxy: proxy
+            .as_ref()
+            .map(|(_, bound, _, upstream)| (*bound, upstream.clone())),
+        issuer: &issuer,
+        created,
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let main = axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(|e| ConfigError(format!("server error: {e}")))
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let proxied = async {
+        match proxy {
+            Some((l, _, p, _)) => {
+                axum::serve(
+                    l,
+                    proxy::router(state.clone(), p)
+                        .into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    let signal = async {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    let (served, proxied, ()) = tokio::join!(main, proxied, signal);
+    // Usage metered since the last flush is written before the process ends.
+    if let Err(e) = state.keys.flush_usage(state.gate.meter()).await {
+        tracing::warn!(error = %e, "final usage flush failed");
+    }
+    served
+        .and(proxied)
+        .map_err(|e| ConfigError(format!("server error: {e}")))
 }
 
 async fn shutdown_signal() {

@@ -1154,3 +1154,146 @@ async fn health_and_readiness() {
         (StatusCode::OK, Some("ready"))
     );
 }
+
+/// The rolling-hour limit on the data plane, with the manual clock: the header counts down, the
+/// request after the limit is a 429 with `Retry-After`, refusals do not spend from the budget,
+/// and the budget comes back as the hour rolls on. Usage is flushed in a batch.
+#[tokio::test]
+async fn rate_limit_counts_down_then_refuses_until_the_hour_rolls() {
+    let h = harness_with(|cfg| {
+        let mut roles = std::collections::BTreeMap::new();
+        roles.insert(
+            keygate_core::role::Role::parse_name("DEVELOPER").unwrap(),
+            keygate_core::policy::RolePolicy {
+                allow: vec![keygate_core::policy::RoutePattern::parse("GET /v1/apps/**").unwrap()],
+                long_lived: vec![],
+                rate_limit_per_hour: Some(3),
+            },
+        );
+        cfg.policy = keygate_core::policy::Policy::new(roles).with_default_rate_limit(5);
+    })
+    .await;
+    let (dev, signer) = h.key_with_roles(&["DEVELOPER"]).await;
+    let authz = |path: &str, token: &str| {
+        Request::get(format!("/authz{path}"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let token = h.token_for(&dev, &signer, json!({}));
+    // A 401 names no key, so it carries no rate header.
+    let (status, headers, _) = h.send(authz("/v1/apps", "x.y.z")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.get("x-rate-limit").is_none());
+    for remaining in [2, 1, 0] {
+        let (status, headers, _) = h.send(authz("/v1/apps", &token)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            headers["x-rate-limit"],
+            format!("user-hour-lim:3;user-hour-rem:{remaining};").as_str()
+        );
+        h.clock.advance(60);
+    }
+    // A forbidden request reports the budget without spending it.
+    let (status, headers, _) = h.send(authz("/v1/builds", &token)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(headers["x-rate-limit"], "user-hour-lim:3;user-hour-rem:0;");
+    let (status, headers, body) = h.send(authz("/v1/apps", &token)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["x-rate-limit"], "user-hour-lim:3;user-hour-rem:0;");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    // The first request was at minute 0; it is now minute 3, so it frees in 57 minutes.
+    assert_eq!(headers[header::RETRY_AFTER], (57 * 60).to_string().as_str());
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["errors"][0]["code"], "RATE_LIMIT_EXCEEDED");
+    assert_eq!(doc["errors"][0]["status"], "429");
+    // The nginx form of the same check is limited the same way.
+    let (status, _, _) = h
+        .send(
+            Request::get("/authz")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header("x-original-method", "GET")
+                .header("x-original-uri", "/v1/apps")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // Minute 0 leaves the window: one request's worth comes back.
+    h.clock.advance(57 * 60);
+    let token = h.token_for(&dev, &signer, json!({}));
+    let (status, headers, _) = h.send(authz("/v1/apps", &token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-rate-limit"], "user-hour-lim:3;user-hour-rem:0;");
+    // The admin key has no role limit: the default applies.
+    let (status, headers, _) = h.send(authz("/v1/anything", &h.admin_token())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-rate-limit"], "user-hour-lim:5;user-hour-rem:4;");
+
+    // Usage is metered in memory and written in one batch.
+    let (_, doc) = h
+        .call(
+            "GET",
+            &format!("/v1/apiKeys/{dev}"),
+            Some(&h.admin_token()),
+            None,
+        )
+        .await;
+    assert_eq!(doc["data"]["attributes"]["requestCount"], 0);
+    assert!(doc["data"]["attributes"]["lastUsedDate"].is_null());
+    let written = h
+        .state
+        .keys
+        .flush_usage(h.state.gate.meter())
+        .await
+        .unwrap();
+    assert_eq!(written, 2);
+    let (_, doc) = h
+        .call(
+            "GET",
+            &format!("/v1/apiKeys/{dev}"),
+            Some(&h.admin_token()),
+            None,
+        )
+        .await;
+    assert_eq!(doc["data"]["attributes"]["requestCount"], 4);
+    assert_eq!(
+        doc["data"]["attributes"]["lastUsedDate"],
+        keygate_core::time_fmt::rfc3339(h.clock.now_secs())
+    );
+}
+
+/// The decision order is credential, role, scope: a key whose role does not allow the path is
+/// told so even when its token's scope would not match either.
+#[tokio::test]
+async fn role_is_checked_before_scope() {
+    let h = harness_with(|cfg| {
+        let mut roles = std::collections::BTreeMap::new();
+        roles.insert(
+            keygate_core::role::Role::parse_name("DEVELOPER").unwrap(),
+            keygate_core::policy::RolePolicy {
+                allow: vec![keygate_core::policy::RoutePattern::parse("GET /v1/apps/**").unwrap()],
+                long_lived: vec![],
+                rate_limit_per_hour: None,
+            },
+        );
+        cfg.policy = keygate_core::policy::Policy::new(roles);
+    })
+    .await;
+    let (dev, signer) = h.key_with_roles(&["DEVELOPER"]).await;
+    let scoped = h.token_for(&dev, &signer, json!({"scope": ["GET /v1/apps/1"]}));
+    for (path, reason) in [
+        ("/authz/v1/builds", "ROLE_NOT_ALLOWED"),
+        ("/authz/v1/apps/2", "SCOPE_MISMATCH"),
+    ] {
+        h.deny(
+            Request::get(path)
+                .header(header::AUTHORIZATION, format!("Bearer {scoped}"))
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::FORBIDDEN,
+            reason,
+        )
+        .await;
+    }
+}

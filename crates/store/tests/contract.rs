@@ -19,6 +19,7 @@ use keygate_core::ids::{Actor, IssuerId, KeyId};
 use keygate_core::key::{
     Algorithm, ApiKey, KeyCursor, KeyQuery, KeyType, PrivateKeyState, StatusFilter,
 };
+use keygate_core::meter::KeyUsage;
 use keygate_core::role::RoleCatalog;
 use keygate_core::store::{Issuer, Store, TakePrivateKey};
 
@@ -60,6 +61,7 @@ fn key(issuer: IssuerId, created_at: i64, state: PrivateKeyState) -> ApiKey {
         created_by: "apiKey:ABCDEFGHIJ".into(),
         created_at,
         last_used_at: None,
+        request_count: 0,
         revoked_at: None,
         revoke_reason: None,
         expires_at: None,
@@ -693,6 +695,36 @@ async fn the_audit_log_is_chained(store: Arc<dyn Store>) {
     assert_eq!(first.event.chain_hash(first.seq, &[]), first.hash);
 }
 
+async fn usage_adds_up_and_keeps_the_newest_time(store: Arc<dyn Store>) {
+    let issuer = issuer(&store).await;
+    let k = pending_key(&store, issuer, 1_000).await;
+    let (seq_before, _) = store.load_all_keys().await.unwrap();
+    let usage = |at, requests| KeyUsage {
+        key_id: k.id,
+        last_used_at: at,
+        requests,
+    };
+    store.record_usage(&[usage(2_000, 3)]).await.unwrap();
+    // An older batch (another node's, flushed late) adds its count but not its time.
+    store
+        .record_usage(&[
+            usage(1_500, 2),
+            KeyUsage {
+                key_id: KeyId::generate().unwrap(),
+                last_used_at: 9_999,
+                requests: 1,
+            },
+        ])
+        .await
+        .unwrap();
+    store.record_usage(&[]).await.unwrap();
+    let got = store.get_key(issuer, k.id).await.unwrap().unwrap();
+    assert_eq!((got.request_count, got.last_used_at), (5, Some(2_000)));
+    // Usage is not a verification change: the feed does not move.
+    let (seq_after, _) = store.load_all_keys().await.unwrap();
+    assert_eq!(seq_before, seq_after);
+}
+
 macro_rules! backend {
     ($module:ident, $open:expr) => {
         mod $module {
@@ -718,6 +750,7 @@ macro_rules! backend {
             case!(lists_filter_and_page);
             case!(the_change_feed_sees_every_change);
             case!(the_audit_log_is_chained);
+            case!(usage_adds_up_and_keeps_the_newest_time);
         }
     };
 }

@@ -45,6 +45,7 @@ fn make_key(
         created_by: "system:test".into(),
         created_at: NOW - 1000,
         last_used_at: None,
+        request_count: 0,
         revoked_at: None,
         revoke_reason: None,
         expires_at: None,

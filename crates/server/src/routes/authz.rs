@@ -4,62 +4,20 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use keygate_core::error::{AuthReason, Error};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
+use keygate_core::error::Error;
 use keygate_core::scope::RequestTarget;
-use keygate_core::token::VerifiedToken;
 
-use crate::AppState;
-use crate::auth::{Credential, credential};
 use crate::config::ForwardAuthHeaders;
 use crate::error::ApiError;
+use crate::{AppState, dataplane};
 
-/// The identity headers a successful check hands to the gateway (and the gateway upstream).
-pub fn identity_headers(v: &VerifiedToken) -> [(HeaderName, Option<HeaderValue>); 4] {
-    [
-        (
-            HeaderName::from_static("x-keygate-issuer-id"),
-            HeaderValue::from_str(&v.key.issuer_text).ok(),
-        ),
-        (
-            HeaderName::from_static("x-keygate-key-id"),
-            HeaderValue::from_str(v.key.id.as_str()).ok(),
-        ),
-        (
-            HeaderName::from_static("x-keygate-key-type"),
-            Some(HeaderValue::from_static(v.key.key_type.header_value())),
-        ),
-        (
-            HeaderName::from_static("x-keygate-roles"),
-            HeaderValue::from_str(&v.key.roles.joined()).ok(),
-        ),
-    ]
-}
-
-fn decide(
-    state: &AppState,
-    headers: &HeaderMap,
-    target: &RequestTarget<'_>,
-) -> Result<Response, ApiError> {
-    let token = match credential(headers)? {
-        Credential::Token(t) => t,
-        Credential::SecretKey(_) => {
-            return Err(Error::auth(
-                AuthReason::UnknownSecretKey,
-                "No secret key matches; secret keys are not enabled on this deployment yet.",
-            )
-            .into());
-        }
-    };
-    let verified = state.verifier.authorize(token, target)?;
-    let mut resp = StatusCode::OK.into_response();
-    for (name, value) in identity_headers(&verified) {
-        if let Some(v) = value {
-            resp.headers_mut().insert(name, v);
-        }
+fn decide(state: &AppState, headers: &HeaderMap, target: &RequestTarget<'_>) -> Response {
+    match dataplane::check(state, headers, target) {
+        Ok(admitted) => dataplane::allowed_response(&admitted),
+        Err(refused) => refused,
     }
-    Ok(resp)
 }
 
 /// Reads one gateway's pair of original-request headers: `None` if neither is present, an error
@@ -152,11 +110,11 @@ pub async fn authz_headers(
             Error::parameter("X-Original-URI", "The original URI must start with /.").into(),
         );
     }
-    decide(
+    Ok(decide(
         &state,
         &headers,
         &RequestTarget::from_uri(&method, &origin_form),
-    )
+    ))
 }
 
 /// `ANY /authz/{path...}`: the request's own method and path, minus the `/authz` prefix.
@@ -166,7 +124,7 @@ pub async fn authz_path(
     uri: Uri,
     headers: HeaderMap,
     _body: Body,
-) -> Result<Response, ApiError> {
+) -> Response {
     let path = uri.path().strip_prefix("/authz").unwrap_or("/");
     let target = RequestTarget {
         method: method.as_str(),

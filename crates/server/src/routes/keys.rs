@@ -60,6 +60,7 @@ fn key_resource(key: &ApiKey, now: i64, window: i64) -> Value {
             "privateKeyState": key.private_key.as_str(),
             "createdDate": rfc3339(key.created_at),
             "lastUsedDate": key.last_used_at.map(rfc3339),
+            "requestCount": key.request_count,
             "revokedDate": key.revoked_at.map(rfc3339),
             "revokeReason": key.revoke_reason,
             "expiresAt": key.expires_at.map(rfc3339),

@@ -20,6 +20,7 @@ use keygate_core::crypto::SealedPrivateKey;
 use keygate_core::error::{Error, PrivateKeyUnavailable, Result};
 use keygate_core::ids::{Actor, IssuerId, KeyId};
 use keygate_core::key::{ApiKey, KeyQuery, KeyType, Page, PrivateKeyState, StatusFilter};
+use keygate_core::meter::KeyUsage;
 use keygate_core::store::{
     AuditStore, ChangeFeed, DeploymentStore, Issuer, IssuerStore, KeyStore, OpenSealed, Store,
     TakePrivateKey,
@@ -29,9 +30,12 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 use rows::{audit_from_row, db_err, key_from_row};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_usage.sql")),
+];
 
-const KEY_COLUMNS: &str = "id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, revoked_at, revoke_reason, expires_at";
+const KEY_COLUMNS: &str = "id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, request_count, revoked_at, revoke_reason, expires_at";
 
 /// A keygate store in one `SQLite` file.
 #[derive(Debug, Clone)]
@@ -647,6 +651,25 @@ impl KeyStore for SqliteStore {
             self.truncate_wal_soon();
         }
         Ok(erased)
+    }
+
+    async fn record_usage(&self, usage: &[KeyUsage]) -> Result<()> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for u in usage {
+            sqlx::query(
+                "UPDATE api_keys SET request_count = request_count + ?, last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+            )
+            .bind(i64::try_from(u.requests).unwrap_or(i64::MAX))
+            .bind(u.last_used_at)
+            .bind(u.key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
     }
 }
 

@@ -79,6 +79,11 @@ pub fn key_from_row(row: &SqliteRow) -> Result<ApiKey, Error> {
         last_used_at: row
             .try_get("last_used_at")
             .map_err(|_| corrupt("last_used_at"))?,
+        request_count: row
+            .try_get::<i64, _>("request_count")
+            .ok()
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| corrupt("request_count"))?,
         revoked_at: row
             .try_get("revoked_at")
             .map_err(|_| corrupt("revoked_at"))?,

@@ -1,0 +1,238 @@
+//! What the end-to-end test binaries share: a real `keygate serve` process on a real port, the
+//! CLI, and small HTTP helpers.
+
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different part
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+/// A running `keygate serve`, killed on drop. Its stderr (the log) is collected.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    /// The reverse proxy's base URL, when started with `--proxy-listen`.
+    pub proxy: Option<String>,
+    pub log: Arc<Mutex<String>>,
+    pub db_url: String,
+}
+
+impl Server {
+    pub fn start(data: &Path) -> Self {
+        Self::start_with(data, &[], &[])
+    }
+
+    /// Starts `keygate serve` with extra flags and environment.
+    pub fn start_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let db_url = format!("sqlite://{}/keygate.db", data.display());
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", &db_url])
+            .args(args)
+            .env("KEYGATE_LOG", "trace")
+            .env("KEYGATE_SYNC_INTERVAL", "100ms")
+            .envs(env.iter().copied())
+            .env_remove("KEYGATE_MASTER_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start keygate serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut printed = Vec::new();
+        let mut proxy = None;
+        let base = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "keygate did not start; stdout: {printed:?}; log: {}",
+                        log.lock().unwrap()
+                    )
+                });
+            if let Some(addr) = line.strip_prefix("keygate listening on ") {
+                break addr.to_owned();
+            }
+            if let Some(rest) = line.strip_prefix("keygate proxy listening on ") {
+                proxy = rest.split(' ').next().map(str::to_owned);
+            }
+            printed.push(line);
+        };
+        assert!(
+            printed.iter().any(|l| l.contains("created issuer")),
+            "first start prints the issuer ID: {printed:?}"
+        );
+        Self {
+            child,
+            base,
+            proxy,
+            log,
+            db_url,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn keygate(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("KEYGATE_MASTER_KEY")
+        .output()
+        .expect("run keygate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub struct Admin {
+    pub issuer: String,
+    pub key_id: String,
+    pub key_file: PathBuf,
+}
+
+pub fn bootstrap(server: &Server, out: &Path) -> Admin {
+    let (ok, stdout, stderr) = keygate(&[
+        "admin",
+        "bootstrap",
+        "--database",
+        &server.db_url,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "bootstrap failed: {stderr}");
+    let v: Value = serde_json::from_str(stdout.trim()).expect("bootstrap prints one JSON object");
+    let key_file = PathBuf::from(v["privateKeyPath"].as_str().unwrap());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    Admin {
+        issuer: v["issuerId"].as_str().unwrap().to_owned(),
+        key_id: v["keyId"].as_str().unwrap().to_owned(),
+        key_file,
+    }
+}
+
+/// Runs a `keygate keys ...` command against the server as the bootstrapped admin.
+pub fn admin_cli(server: &Server, admin: &Admin, args: &[&str]) -> (bool, String, String) {
+    let mut all: Vec<&str> = vec!["keys"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[
+        "--server",
+        &server.base,
+        "--key",
+        admin.key_file.to_str().unwrap(),
+        "--key-id",
+        &admin.key_id,
+        "--issuer-id",
+        &admin.issuer,
+    ]);
+    keygate(&all)
+}
+
+pub fn cli_token(key_file: &Path, key_id: &str, issuer: &str) -> String {
+    let (ok, stdout, stderr) = keygate(&[
+        "token",
+        "--key",
+        key_file.to_str().unwrap(),
+        "--key-id",
+        key_id,
+        "--issuer-id",
+        issuer,
+    ]);
+    assert!(ok, "keygate token failed: {stderr}");
+    stdout.trim().to_owned()
+}
+
+/// Waits until the server accepts a key bootstrapped behind its back (SPEC: within 2 s).
+pub async fn wait_until_accepted(server: &Server, token: &str) {
+    let started = Instant::now();
+    loop {
+        let status = http()
+            .get(server.url("/v1/issuer"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "bootstrapped key not accepted within 2 s (last status {status})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub async fn create_key(server: &Server, admin_token: &str, roles: &[&str]) -> String {
+    let resp = http()
+        .post(server.url("/v1/apiKeys"))
+        .bearer_auth(admin_token)
+        .json(&json!({"data": {"type": "apiKeys", "attributes": {"name": "e2e", "roles": roles}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let doc: Value = resp.json().await.unwrap();
+    doc["data"]["id"].as_str().unwrap().to_owned()
+}
+
+pub async fn reason(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let doc: Value = resp.json().await.unwrap();
+    (
+        status,
+        doc["errors"][0]["meta"]["reason"]
+            .as_str()
+            .or(doc["errors"][0]["code"].as_str())
+            .unwrap_or("")
+            .to_owned(),
+    )
+}

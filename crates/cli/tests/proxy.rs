@@ -1,0 +1,359 @@
+//! The reverse proxy, end to end: the real binary with `--proxy-listen/--upstream` in front of a
+//! real upstream on a real port. Identity injection, spoofing removal, pass-through of the
+//! upstream's answer, 100 MB bodies both ways with bounded memory, usage tracking, and 502.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::too_many_lines,
+    clippy::needless_pass_by_value
+)] // test code: a failed expectation should panic; scenarios read top to bottom
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use common::*;
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+
+const BIG: u64 = 100 * 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
+
+/// The byte at `offset` of the test stream: a pattern no chunk boundary can hide a shift in.
+#[allow(clippy::cast_possible_truncation)] // masked to one byte
+fn pattern_byte(offset: u64) -> u8 {
+    ((offset.wrapping_mul(2_654_435_761) >> 13) & 0xff) as u8
+}
+
+/// Order-sensitive checksum over a stream that arrives in pieces.
+#[derive(Default)]
+struct Digest {
+    len: u64,
+    sum: u64,
+    mismatches: u64,
+}
+
+impl Digest {
+    fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            if *b != pattern_byte(self.len) {
+                self.mismatches += 1;
+            }
+            self.sum = self.sum.wrapping_mul(31).wrapping_add(u64::from(*b));
+            self.len += 1;
+        }
+    }
+}
+
+fn pattern_chunk(start: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| pattern_byte(start + i)).collect()
+}
+
+#[derive(Default)]
+struct Upstream {
+    hits: AtomicU64,
+}
+
+fn headers_json(h: &HeaderMap) -> Value {
+    let mut out = serde_json::Map::new();
+    for (k, v) in h {
+        out.entry(k.as_str().to_owned())
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .unwrap()
+            .push(json!(v.to_str().unwrap_or("<binary>")));
+    }
+    Value::Object(out)
+}
+
+async fn echo(State(up): State<Arc<Upstream>>, req: Request) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    let body = json!({
+        "method": req.method().as_str(),
+        "uri": req.uri().to_string(),
+        "headers": headers_json(req.headers()),
+    });
+    (
+        [("content-type", "application/json")],
+        serde_json::to_vec(&body).unwrap(),
+    )
+        .into_response()
+}
+
+async fn teapot(State(up): State<Arc<Upstream>>) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    (
+        StatusCode::IM_A_TEAPOT,
+        [
+            (
+                "content-type",
+                "application/vnd.example+json; charset=latin1; q=x",
+            ),
+            ("x-upstream", "kept"),
+            ("set-cookie", "a=b; HttpOnly"),
+        ],
+        "short and stout",
+    )
+        .into_response()
+}
+
+async fn upload(State(up): State<Arc<Upstream>>, body: Body) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    let mut digest = Digest::default();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        digest.update(&chunk.unwrap());
+    }
+    let doc = json!({"len": digest.len, "sum": digest.sum, "mismatches": digest.mismatches});
+    (
+        [("content-type", "application/json")],
+        serde_json::to_vec(&doc).unwrap(),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Size {
+    n: u64,
+}
+
+async fn download(State(up): State<Arc<Upstream>>, Query(size): Query<Size>) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    let total = size.n;
+    let stream = futures_util::stream::unfold(0u64, move |sent| async move {
+        if sent >= total {
+            return None;
+        }
+        let len = usize::try_from((total - sent).min(CHUNK as u64)).unwrap();
+        let chunk = pattern_chunk(sent, len);
+        Some((Ok::<_, std::io::Error>(chunk), sent + len as u64))
+    });
+    (
+        [("content-type", "application/octet-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn start_upstream() -> (String, Arc<Upstream>) {
+    let up = Arc::new(Upstream::default());
+    let app = Router::new()
+        .route("/v1/echo", any(echo))
+        .route("/v1/echo/{*rest}", any(echo))
+        .route("/v1/teapot", get(teapot))
+        .route("/v1/upload", post(upload))
+        .route("/v1/download", get(download))
+        .with_state(Arc::clone(&up));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), up)
+}
+
+/// Peak resident memory of a process so far (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_forwards_allowed_requests_and_streams_big_bodies() {
+    let (upstream, up) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &["--proxy-listen", "127.0.0.1:0", "--upstream", &upstream],
+        &[
+            ("KEYGATE_USAGE_FLUSH_INTERVAL", "100ms"),
+            // Body bytes at trace level would make the log the memory hog.
+            ("KEYGATE_LOG", "debug"),
+        ],
+    );
+    let proxy = server
+        .proxy
+        .clone()
+        .expect("serve prints the proxy address");
+    let admin = bootstrap(&server, &dir.path().join("out"));
+    let token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
+    wait_until_accepted(&server, &token).await;
+    let client = http();
+
+    // Refused requests are answered by keygate and never reach the upstream.
+    let resp = client.get(format!("{proxy}/v1/echo")).send().await.unwrap();
+    assert_eq!(reason(resp).await, (401, "TOKEN_MISSING".to_owned()));
+    assert_eq!(up.hits.load(Ordering::SeqCst), 0);
+
+    // Allowed: identity injected, spoofed identity and the credential removed.
+    let resp = client
+        .post(format!("{proxy}/v1/echo/a%20b?x=1&y=%5B2%5D"))
+        .bearer_auth(&token)
+        .header("x-keygate-key-id", "SPOOFED000")
+        .header("x-keygate-roles", "ACCOUNT_HOLDER")
+        .header("X-Keygate-Anything", "spoofed")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("connection", "x-drop-me")
+        .header("x-drop-me", "hop-by-hop")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-rate-limit"],
+        "user-hour-lim:3600;user-hour-rem:3599;"
+    );
+    let seen: Value = resp.json().await.unwrap();
+    let h = &seen["headers"];
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["uri"], "/v1/echo/a%20b?x=1&y=%5B2%5D");
+    assert_eq!(h["x-keygate-key-id"], json!([admin.key_id]));
+    assert_eq!(h["x-keygate-issuer-id"], json!([admin.issuer]));
+    assert_eq!(h["x-keygate-key-type"], json!(["team"]));
+    assert_eq!(h["x-keygate-roles"], json!(["ADMIN"]));
+    assert!(h.get("x-keygate-anything").is_none(), "{h}");
+    assert!(h.get("authorization").is_none(), "{h}");
+    assert!(h.get("x-drop-me").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-for"], json!(["203.0.113.9, 127.0.0.1"]));
+    assert_eq!(up.hits.load(Ordering::SeqCst), 1);
+
+    // The upstream's status, headers and body pass through untouched.
+    let resp = client
+        .get(format!("{proxy}/v1/teapot"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 418);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.example+json; charset=latin1; q=x"
+    );
+    assert_eq!(resp.headers()["x-upstream"], "kept");
+    assert_eq!(resp.headers()["set-cookie"], "a=b; HttpOnly");
+    assert_eq!(
+        resp.headers()["x-rate-limit"],
+        "user-hour-lim:3600;user-hour-rem:3598;"
+    );
+    assert_eq!(resp.text().await.unwrap(), "short and stout");
+
+    // 100 MB up and 100 MB down, streamed: keygate's peak memory barely moves.
+    let pid = server.child.id();
+    let before = peak_rss(pid);
+    let started = Instant::now();
+    let upload_stream = futures_util::stream::unfold(0u64, |sent| async move {
+        if sent >= BIG {
+            return None;
+        }
+        let len = usize::try_from((BIG - sent).min(CHUNK as u64)).unwrap();
+        Some((
+            Ok::<_, std::io::Error>(pattern_chunk(sent, len)),
+            sent + len as u64,
+        ))
+    });
+    let resp = client
+        .post(format!("{proxy}/v1/upload"))
+        .bearer_auth(&token)
+        .body(reqwest::Body::wrap_stream(upload_stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got: Value = resp.json().await.unwrap();
+    assert_eq!(got["len"], BIG);
+    assert_eq!(got["mismatches"], 0);
+
+    let mut resp = client
+        .get(format!("{proxy}/v1/download?n={BIG}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut digest = Digest::default();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        digest.update(&chunk);
+    }
+    assert_eq!((digest.len, digest.mismatches), (BIG, 0));
+    let after = peak_rss(pid);
+    let grew = after.saturating_sub(before);
+    eprintln!(
+        "proxied 2 x {} MiB in {:?}; keygate peak RSS {} MiB -> {} MiB",
+        BIG >> 20,
+        started.elapsed(),
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        grew < 32 * 1024 * 1024,
+        "keygate's peak RSS grew by {} MiB while streaming 200 MiB",
+        grew >> 20
+    );
+
+    // Usage is batched and flushed: the key list shows it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let list: Value = client
+        .get(server.url("/v1/apiKeys"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let me = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == admin.key_id.as_str())
+        .unwrap();
+    assert_eq!(me["attributes"]["requestCount"], 4, "{me}");
+    assert!(me["attributes"]["lastUsedDate"].is_string(), "{me}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_is_a_502_in_the_error_shape() {
+    // A port that was free a moment ago and has no listener now.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = format!("http://{closed}");
+    let server = Server::start_with(
+        dir.path(),
+        &["--proxy-listen", "127.0.0.1:0", "--upstream", &upstream],
+        &[],
+    );
+    let proxy = server.proxy.clone().unwrap();
+    let admin = bootstrap(&server, &dir.path().join("out"));
+    let token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
+    wait_until_accepted(&server, &token).await;
+    let resp = http()
+        .get(format!("{proxy}/v1/anything"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let doc: Value = resp.json().await.unwrap();
+    assert_eq!(doc["errors"][0]["status"], "502");
+    assert_eq!(doc["errors"][0]["code"], "BAD_GATEWAY");
+    assert!(doc["errors"][0]["id"].is_string());
+}
