@@ -14,15 +14,14 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use common::*;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
@@ -58,37 +57,6 @@ impl Digest {
 
 fn pattern_chunk(start: u64, len: usize) -> Vec<u8> {
     (0..len as u64).map(|i| pattern_byte(start + i)).collect()
-}
-
-#[derive(Default)]
-struct Upstream {
-    hits: AtomicU64,
-}
-
-fn headers_json(h: &HeaderMap) -> Value {
-    let mut out = serde_json::Map::new();
-    for (k, v) in h {
-        out.entry(k.as_str().to_owned())
-            .or_insert_with(|| json!([]))
-            .as_array_mut()
-            .unwrap()
-            .push(json!(v.to_str().unwrap_or("<binary>")));
-    }
-    Value::Object(out)
-}
-
-async fn echo(State(up): State<Arc<Upstream>>, req: Request) -> Response {
-    up.hits.fetch_add(1, Ordering::SeqCst);
-    let body = json!({
-        "method": req.method().as_str(),
-        "uri": req.uri().to_string(),
-        "headers": headers_json(req.headers()),
-    });
-    (
-        [("content-type", "application/json")],
-        serde_json::to_vec(&body).unwrap(),
-    )
-        .into_response()
 }
 
 async fn teapot(State(up): State<Arc<Upstream>>) -> Response {
@@ -148,17 +116,12 @@ async fn download(State(up): State<Arc<Upstream>>, Query(size): Query<Size>) -> 
 
 async fn start_upstream() -> (String, Arc<Upstream>) {
     let up = Arc::new(Upstream::default());
-    let app = Router::new()
-        .route("/v1/echo", any(echo))
-        .route("/v1/echo/{*rest}", any(echo))
+    let app = echo_routes()
         .route("/v1/teapot", get(teapot))
         .route("/v1/upload", post(upload))
         .route("/v1/download", get(download))
         .with_state(Arc::clone(&up));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), up)
+    (serve_upstream(app).await, up)
 }
 
 /// Peak resident memory of a process so far (`VmHWM`), in bytes.

@@ -9,6 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
@@ -235,4 +242,54 @@ pub async fn reason(resp: reqwest::Response) -> (u16, String) {
             .unwrap_or("")
             .to_owned(),
     )
+}
+
+// ---- a test upstream ---------------------------------------------------------------------
+
+/// A test upstream's shared state: how many requests reached it.
+#[derive(Debug, Default)]
+pub struct Upstream {
+    pub hits: AtomicU64,
+}
+
+pub fn headers_json(h: &HeaderMap) -> Value {
+    let mut out = serde_json::Map::new();
+    for (k, v) in h {
+        out.entry(k.as_str().to_owned())
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .unwrap()
+            .push(json!(v.to_str().unwrap_or("<binary>")));
+    }
+    Value::Object(out)
+}
+
+/// Answers with the method, URI and headers it received, as JSON.
+pub async fn echo(State(up): State<Arc<Upstream>>, req: Request) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    let body = json!({
+        "method": req.method().as_str(),
+        "uri": req.uri().to_string(),
+        "headers": headers_json(req.headers()),
+    });
+    (
+        [("content-type", "application/json")],
+        serde_json::to_vec(&body).unwrap(),
+    )
+        .into_response()
+}
+
+/// `/v1/echo` and `/v1/echo/{*rest}` answered by [`echo`], for any method.
+pub fn echo_routes() -> Router<Arc<Upstream>> {
+    Router::new()
+        .route("/v1/echo", any(echo))
+        .route("/v1/echo/{*rest}", any(echo))
+}
+
+/// Serves `app` on a fresh loopback port; returns its base URL.
+pub async fn serve_upstream(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
 }
