@@ -1,5 +1,5 @@
 //! The domain error: what went wrong, in terms the HTTP layer maps to a status and a stable
-//! `code` in exactly one place (`keygate_server::error`). Details meant for the caller are plain
+//! `code` in exactly one place ([`crate::error_body`]). Details meant for the caller are plain
 //! text and never contain key material or tokens.
 
 use std::fmt;
@@ -178,5 +178,22 @@ impl Error {
     }
     pub fn auth(reason: AuthReason, detail: impl Into<String>) -> Self {
         Self::Unauthenticated(AuthFailure::new(reason, detail))
+    }
+}
+
+impl PrivateKeyUnavailable {
+    /// What the caller is told.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Self::AlreadyDownloaded => {
+                "This private key was already downloaded. keygate keeps no copy; revoke the key and create a new one if it was lost."
+            }
+            Self::Erased => {
+                "This private key was erased unread: it was not downloaded within the download window, or the key was revoked first."
+            }
+            Self::NeverHeld => {
+                "This key was created from a public key you supplied; keygate never held its private key."
+            }
+        }
     }
 }

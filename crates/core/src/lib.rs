@@ -11,6 +11,7 @@ pub mod authz;
 pub mod clock;
 pub mod crypto;
 pub mod error;
+pub mod error_body;
 pub mod gate;
 pub mod ids;
 pub mod key;

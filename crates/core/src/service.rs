@@ -14,7 +14,7 @@ use crate::clock::{Clock, UnixTime};
 use crate::crypto::{
     MasterKey, PrivateKeyPem, SealedPrivateKey, generate_key_pair, parse_public_key_pem,
 };
-use crate::error::{AuthFailure, Error, ForbiddenReason, PrivateKeyUnavailable, Result};
+use crate::error::{AuthFailure, Error, ForbiddenReason, Result};
 use crate::ids::{Actor, IssuerId, KeyId};
 use crate::key::{Algorithm, ApiKey, KeyQuery, KeyType, Page, PrivateKeyState};
 use crate::keyset::KeyRing;
@@ -563,19 +563,4 @@ fn parse_key_id(id: &str) -> Result<KeyId> {
 
 fn not_found(id: KeyId) -> Error {
     Error::NotFound(format!("There is no API key with ID {id} in this issuer."))
-}
-
-/// Used by callers that report why a download is impossible.
-pub fn private_key_unavailable_detail(why: PrivateKeyUnavailable) -> &'static str {
-    match why {
-        PrivateKeyUnavailable::AlreadyDownloaded => {
-            "This private key was already downloaded. keygate keeps no copy; revoke the key and create a new one if it was lost."
-        }
-        PrivateKeyUnavailable::Erased => {
-            "This private key was erased unread: it was not downloaded within the download window, or the key was revoked first."
-        }
-        PrivateKeyUnavailable::NeverHeld => {
-            "This key was created from a public key you supplied; keygate never held its private key."
-        }
-    }
 }

@@ -38,25 +38,23 @@ pub async fn read_document(
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or("").trim();
         if essence != "application/json" && essence != "application/vnd.api+json" {
-            return Err(ErrorBody::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            return Err(crate::error::response(&ErrorBody::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE.as_u16(),
                 "UNSUPPORTED_MEDIA_TYPE",
                 "The request content type is not supported.",
                 "Send the request document as application/json.",
-            )
-            .into_response_with_id());
+            )));
         }
     }
     let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {
-            return Err(ErrorBody::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+            return Err(crate::error::response(&ErrorBody::new(
+                StatusCode::PAYLOAD_TOO_LARGE.as_u16(),
                 "ENTITY_TOO_LARGE",
                 "The request entity is too large.",
                 format!("Request documents are at most {MAX_BODY_BYTES} bytes."),
-            )
-            .into_response_with_id());
+            )));
         }
     };
     let bad = |detail: String| ApiError(Error::body(detail)).into_response();

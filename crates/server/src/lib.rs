@@ -70,23 +70,21 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn not_found() -> Response {
-    ErrorBody::new(
-        StatusCode::NOT_FOUND,
+    crate::error::response(&ErrorBody::new(
+        StatusCode::NOT_FOUND.as_u16(),
         "NOT_FOUND",
         "The specified resource does not exist.",
         "There is no such route.",
-    )
-    .into_response_with_id()
+    ))
 }
 
 async fn method_not_allowed() -> Response {
-    ErrorBody::new(
-        StatusCode::METHOD_NOT_ALLOWED,
+    crate::error::response(&ErrorBody::new(
+        StatusCode::METHOD_NOT_ALLOWED.as_u16(),
         "METHOD_NOT_ALLOWED",
         "The request method is not allowed for this resource.",
         "This route does not accept this method.",
-    )
-    .into_response_with_id()
+    ))
 }
 
 /// Management responses describe keys and may carry secrets: never cache them.

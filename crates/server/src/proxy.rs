@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -187,7 +187,5 @@ fn own_error(
     title: &'static str,
     detail: &'static str,
 ) -> Response {
-    ErrorBody::new(status, code, title, detail)
-        .into_response_with_id()
-        .into_response()
+    crate::error::response(&ErrorBody::new(status.as_u16(), code, title, detail))
 }

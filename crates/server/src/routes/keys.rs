@@ -311,13 +311,12 @@ pub async fn download_private_key(
     KeyIdParam(id): KeyIdParam,
 ) -> Result<Response, Response> {
     if method == Method::HEAD {
-        let mut refused = ErrorBody::new(
-            StatusCode::METHOD_NOT_ALLOWED,
+        let mut refused = crate::error::response(&ErrorBody::new(
+            StatusCode::METHOD_NOT_ALLOWED.as_u16(),
             "METHOD_NOT_ALLOWED",
             "The request method is not allowed for this resource.",
             "Use GET: the private key can be fetched once, and HEAD would spend that once.",
-        )
-        .into_response_with_id();
+        ));
         refused
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
