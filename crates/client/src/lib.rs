@@ -1,6 +1,8 @@
-//! A client library for keygate (and App Store Connect-style APIs): mint tokens from a `.p8`,
-//! reusing each token until shortly before it expires, and call the management API.
+//! keygate as a Rust library: mint tokens from a `.p8` (reusing each token until shortly before
+//! it expires), call the management API, and verify requests in-process with a `tower` layer
+//! for axum ([`layer`]).
 
+pub mod layer;
 pub mod management;
 pub mod minter;
 

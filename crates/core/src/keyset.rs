@@ -10,9 +10,11 @@ use arc_swap::ArcSwap;
 use ring::signature::{ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey, VerificationAlgorithm};
 
 use crate::clock::UnixTime;
+use crate::error::Result;
 use crate::ids::{IssuerId, KeyId};
 use crate::key::{Algorithm, ApiKey, KeyType, PrivateKeyState};
 use crate::role::RoleSet;
+use crate::store::ChangeFeed;
 
 /// What verification needs to know about one key.
 pub struct VerifyingKey {
@@ -138,6 +140,39 @@ impl KeyRing {
                 seq: seq.max(cur.seq),
             }
         });
+    }
+}
+
+/// Keeping a ring current from a store's change feed: what every node does, and what a Rust
+/// program verifying in-process against a keygate database does.
+impl KeyRing {
+    /// Loads every key (start-up, or after losing the feed). Returns how many there are.
+    pub async fn reload_from(&self, feed: &dyn ChangeFeed) -> Result<usize> {
+        let (seq, keys) = feed.load_all_keys().await?;
+        self.replace_all(&keys, seq);
+        Ok(keys.len())
+    }
+
+    /// Applies what changed since the snapshot's position. Returns how many keys changed.
+    pub async fn sync_from(&self, feed: &dyn ChangeFeed) -> Result<usize> {
+        const BATCH: u32 = 1000;
+        let mut applied = 0;
+        loop {
+            let from = self.snapshot().seq;
+            let changes = feed.changes_since(from, BATCH).await?;
+            let Some(&(last, _)) = changes.last() else {
+                return Ok(applied);
+            };
+            let mut ids: Vec<KeyId> = changes.iter().map(|(_, id)| *id).collect();
+            ids.sort();
+            ids.dedup();
+            let keys = feed.keys_by_id(&ids).await?;
+            self.apply(&keys, last);
+            applied += keys.len();
+            if changes.len() < BATCH as usize {
+                return Ok(applied);
+            }
+        }
     }
 }
 

@@ -510,30 +510,12 @@ impl KeyService {
     }
 
     pub async fn reload_keys(&self) -> Result<usize> {
-        let (seq, keys) = self.store.load_all_keys().await?;
-        self.ring.replace_all(&keys, seq);
-        Ok(keys.len())
+        self.ring.reload_from(self.store.as_ref()).await
     }
 
     /// Applies what other processes changed since the last sync. Returns how many keys changed.
     pub async fn sync_keys(&self) -> Result<usize> {
-        let mut applied = 0;
-        loop {
-            let from = self.ring.snapshot().seq;
-            let changes = self.store.changes_since(from, 1000).await?;
-            let Some(&(last, _)) = changes.last() else {
-                return Ok(applied);
-            };
-            let mut ids: Vec<KeyId> = changes.iter().map(|(_, id)| *id).collect();
-            ids.sort();
-            ids.dedup();
-            let keys = self.store.keys_by_id(&ids).await?;
-            self.ring.apply(&keys, last);
-            applied += keys.len();
-            if changes.len() < 1000 {
-                return Ok(applied);
-            }
-        }
+        self.ring.sync_from(self.store.as_ref()).await
     }
 }
 

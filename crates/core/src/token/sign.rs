@@ -58,6 +58,16 @@ impl Signer {
         }
     }
 
+    /// The raw public half (a 65-byte uncompressed P-256 point or a 32-byte Ed25519 key), as
+    /// keygate stores it.
+    pub fn public_key(&self) -> Vec<u8> {
+        use ring::signature::KeyPair as _;
+        match &self.key {
+            SignerKey::Es256(k) => k.public_key().as_ref().to_vec(),
+            SignerKey::EdDsa(k) => k.public_key().as_ref().to_vec(),
+        }
+    }
+
     /// Signs a JWT with the given header and claims objects as they are (the caller chooses the
     /// members, which lets tests build hostile tokens too).
     pub fn sign_raw(&self, header_json: &[u8], claims_json: &[u8]) -> Result<String, SignError> {
