@@ -1,6 +1,7 @@
 //! The data-plane decision, shared by forward auth, the reverse proxy and the tower layer:
-//! credential, then role, then token scope (in [`Verifier::authorize`]), then the key's rate
-//! limit. Admitted requests are metered for the usage counters.
+//! credential, then role, then token scope, then the long-lived rule (as in
+//! [`Verifier::authorize`]), then the key's rate limit. Admitted requests are metered for the
+//! usage counters.
 
 use std::sync::Arc;
 
@@ -48,10 +49,13 @@ impl Gate {
     /// Decides one request presenting `token`. Only admitted requests count against the limit
     /// and as usage; a refused one reports the state without spending from it.
     pub fn check(&self, token: &str, target: &RequestTarget<'_>) -> Result<Admitted, Refused> {
-        let verified = self.verifier.verify(token).map_err(|e| Refused {
-            error: Error::Unauthenticated(e),
-            rate: None,
-        })?;
+        let verified = self
+            .verifier
+            .verify_credential(token)
+            .map_err(|e| Refused {
+                error: Error::Unauthenticated(e),
+                rate: None,
+            })?;
         let limit = self.verifier.policy().rate_limit_for(&verified.key.roles);
         if let Err(error) = self.verifier.permit(&verified, target) {
             return Err(Refused {

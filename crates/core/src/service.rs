@@ -100,17 +100,28 @@ impl Verifier {
     }
 
     /// The data-plane decision for a request on the protected API, in the contract's order:
-    /// credential (signature, key status, claims, and the long-lived lifetime rule), then role
-    /// policy, then token scope. Rate limits come after, in [`crate::gate::Gate`].
+    /// credential (signature, key status, claims), then role policy, then token scope, then the
+    /// long-lived rule. Rate limits come last, in [`crate::gate::Gate`].
     #[instrument(level = "trace", skip_all)]
     pub fn authorize(&self, token: &str, target: &RequestTarget<'_>) -> Result<VerifiedToken> {
-        let verified = self.verify(token)?;
+        let verified = self.verify_credential(token)?;
         self.permit(&verified, target)?;
         Ok(verified)
     }
 
-    /// Role, then scope, for an already verified token.
-    pub fn permit(&self, verified: &VerifiedToken, target: &RequestTarget<'_>) -> Result<()> {
+    /// The credential alone: everything but the long-lived rule, which [`Self::permit`] applies
+    /// after role and scope.
+    pub(crate) fn verify_credential(&self, token: &str) -> Result<VerifiedToken, AuthFailure> {
+        token::verify_credential(token, &self.ring.snapshot(), &self.rules, self.clock.now())
+    }
+
+    /// Role, then scope, then the long-lived rule, for a credential from
+    /// [`Self::verify_credential`].
+    pub(crate) fn permit(
+        &self,
+        verified: &VerifiedToken,
+        target: &RequestTarget<'_>,
+    ) -> Result<()> {
         if !self.policy.allows(&verified.key.roles, target) {
             return Err(Error::forbidden(
                 ForbiddenReason::RoleNotAllowed,
@@ -123,7 +134,9 @@ impl Verifier {
                 ),
             ));
         }
-        verified.check_scope(target)
+        verified.check_scope(target)?;
+        verified.check_lifetime(&self.policy, &self.rules)?;
+        Ok(())
     }
 
     /// Authenticates a caller of keygate's own management API. The token's scope, if any, must

@@ -1263,10 +1263,10 @@ async fn rate_limit_counts_down_then_refuses_until_the_hour_rolls() {
     );
 }
 
-/// The decision order is credential, role, scope: a key whose role does not allow the path is
-/// told so even when its token's scope would not match either.
+/// The decision order is credential, role, scope, then the long-lived rule: each refusal names
+/// the first rule the request fails.
 #[tokio::test]
-async fn role_is_checked_before_scope() {
+async fn decision_order_is_role_then_scope_then_long_lived() {
     let h = harness_with(|cfg| {
         let mut roles = std::collections::BTreeMap::new();
         roles.insert(
@@ -1282,18 +1282,57 @@ async fn role_is_checked_before_scope() {
     .await;
     let (dev, signer) = h.key_with_roles(&["DEVELOPER"]).await;
     let scoped = h.token_for(&dev, &signer, json!({"scope": ["GET /v1/apps/1"]}));
-    for (path, reason) in [
-        ("/authz/v1/builds", "ROLE_NOT_ALLOWED"),
-        ("/authz/v1/apps/2", "SCOPE_MISMATCH"),
+    // 30 days, scoped to a path that is not long-lived.
+    let long = h.token_for(
+        &dev,
+        &signer,
+        json!({"scope": ["GET /v1/apps/1"], "exp": h.clock.now_secs() + 30 * 86400}),
+    );
+    for (token, path, status, reason) in [
+        (
+            &scoped,
+            "/authz/v1/builds",
+            StatusCode::FORBIDDEN,
+            "ROLE_NOT_ALLOWED",
+        ),
+        (
+            &scoped,
+            "/authz/v1/apps/2",
+            StatusCode::FORBIDDEN,
+            "SCOPE_MISMATCH",
+        ),
+        (
+            &long,
+            "/authz/v1/builds",
+            StatusCode::FORBIDDEN,
+            "ROLE_NOT_ALLOWED",
+        ),
+        (
+            &long,
+            "/authz/v1/apps/2",
+            StatusCode::FORBIDDEN,
+            "SCOPE_MISMATCH",
+        ),
+        (
+            &long,
+            "/authz/v1/apps/1",
+            StatusCode::UNAUTHORIZED,
+            "LIFETIME_TOO_LONG",
+        ),
     ] {
         h.deny(
             Request::get(path)
-                .header(header::AUTHORIZATION, format!("Bearer {scoped}"))
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
                 .body(Body::empty())
                 .unwrap(),
-            StatusCode::FORBIDDEN,
+            status,
             reason,
         )
         .await;
     }
+    let (status, _) = h.call("GET", "/authz/v1/apps/1", Some(&scoped), None).await;
+    assert_eq!(status, StatusCode::OK);
+    // The management API refuses the long token too.
+    let (status, doc) = h.call("GET", "/v1/issuer", Some(&long), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{doc}");
 }

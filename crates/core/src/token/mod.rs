@@ -61,9 +61,35 @@ pub struct VerifiedToken {
     pub expires_at: UnixTime,
     pub scope: Option<Vec<ScopeEntry>>,
     pub jti: Option<String>,
+    /// Set when the token lives longer than an ordinary token may: its lifetime in seconds.
+    /// Such a token is only good if it is long-lived ([`VerifiedToken::check_lifetime`]).
+    long_lifetime: Option<i64>,
 }
 
 impl VerifiedToken {
+    /// The long-lived rule: a token that outlives `max_lifetime` must be scoped to `GET`s on
+    /// paths the key's roles mark `long_lived`. [`verify`] applies it; the data plane applies it
+    /// after role and scope, in the contract's order.
+    pub fn check_lifetime(&self, policy: &Policy, rules: &TokenRules) -> Result<(), AuthFailure> {
+        let Some(lifetime) = self.long_lifetime else {
+            return Ok(());
+        };
+        let long_lived = self
+            .scope
+            .as_deref()
+            .is_some_and(|s| policy.long_lived_scope(&self.key.roles, s));
+        if long_lived {
+            return Ok(());
+        }
+        Err(fail(
+            AuthReason::LifetimeTooLong,
+            format!(
+                "The token lives {lifetime} s; the limit is {} s (longer lifetimes need a scope of only GET requests on long-lived paths).",
+                rules.max_lifetime
+            ),
+        ))
+    }
+
     /// The token's own restriction: with a `scope`, the request must match one entry.
     pub fn check_scope(&self, target: &RequestTarget<'_>) -> Result<(), Error> {
         match &self.scope {
@@ -133,11 +159,24 @@ fn str_claim<'m>(
 }
 
 /// Verifies `token` and returns what it proves. `now` comes from the caller's clock.
-#[allow(clippy::too_many_lines)] // one linear list of rules reads better than many fragments
 pub fn verify(
     token: &str,
     keys: &KeySet,
     policy: &Policy,
+    rules: &TokenRules,
+    now: UnixTime,
+) -> Result<VerifiedToken, AuthFailure> {
+    let verified = verify_credential(token, keys, rules, now)?;
+    verified.check_lifetime(policy, rules)?;
+    Ok(verified)
+}
+
+/// [`verify`] without the long-lived rule, which needs the policy and comes after role and
+/// scope on the data plane. No token outlives `max_long_lived_lifetime`, whatever its scope.
+#[allow(clippy::too_many_lines)] // one linear list of rules reads better than many fragments
+pub(crate) fn verify_credential(
+    token: &str,
+    keys: &KeySet,
     rules: &TokenRules,
     now: UnixTime,
 ) -> Result<VerifiedToken, AuthFailure> {
@@ -413,28 +452,17 @@ pub fn verify(
     if iat.is_some() && lifetime < 0 {
         return Err(malformed("The exp claim is before the iat claim."));
     }
-    if lifetime > rules.max_lifetime.saturating_add(allowance) {
-        let long_lived = scope
-            .as_deref()
-            .is_some_and(|s| policy.long_lived_scope(&key.roles, s));
-        if !long_lived || lifetime > rules.max_long_lived_lifetime.saturating_add(allowance) {
-            let why = if long_lived {
-                format!(
-                    "long-lived tokens live at most {} s",
-                    rules.max_long_lived_lifetime
-                )
-            } else {
-                format!(
-                    "the limit is {} s (longer lifetimes need a scope of only GET requests on long-lived paths)",
-                    rules.max_lifetime
-                )
-            };
-            return Err(fail(
-                AuthReason::LifetimeTooLong,
-                format!("The token lives {lifetime} s; {why}."),
-            ));
-        }
+    if lifetime > rules.max_long_lived_lifetime.saturating_add(allowance) {
+        return Err(fail(
+            AuthReason::LifetimeTooLong,
+            format!(
+                "The token lives {lifetime} s; even long-lived tokens live at most {} s.",
+                rules.max_long_lived_lifetime
+            ),
+        ));
     }
+    let long_lifetime =
+        (lifetime > rules.max_lifetime.saturating_add(allowance)).then_some(lifetime);
 
     let jti = str_claim(&claims, "jti")?.map(str::to_owned);
     Ok(VerifiedToken {
@@ -442,6 +470,7 @@ pub fn verify(
         expires_at: exp,
         scope,
         jti,
+        long_lifetime,
     })
 }
 
