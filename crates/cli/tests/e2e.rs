@@ -400,3 +400,32 @@ fn bootstrap_offline_creates_exactly_the_issuer_asked_for() {
     assert!(!ok);
     assert!(stderr.contains("--issuer-id"), "{stderr}");
 }
+
+#[test]
+fn check_config_prints_what_it_understood_and_names_bad_keys() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policy.appstoreconnect.toml");
+    let (ok, stdout, stderr) = keygate(&["check-config", "--config", shipped.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    for expected in [
+        "audiences              appstoreconnect-v1",
+        "[FINANCE]",
+        "long_lived GET /v1/financeReports",
+        "rate limit 1200 requests per rolling hour per key",
+        "rate_limit_per_hour    3600 per key",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in:\n{stdout}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "audiences = [\"a\"]\n[roles.DEVELOPER]\nallow = [\"GET /v1/apps\"]\nrate_limit = 5\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = keygate(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("rate_limit") && stderr.contains("line 4"),
+        "{stderr}"
+    );
+}

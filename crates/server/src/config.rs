@@ -631,7 +631,7 @@ mod tests {
         let err = load(Some(&path), &no_env, &Overrides::default())
             .unwrap_err()
             .0;
-        assert!(err.contains("alow"), "{err}");
+        assert!(err.contains("alow") && err.contains("line 2"), "{err}");
     }
 
     #[test]
@@ -640,6 +640,32 @@ mod tests {
         let c = load(Some(&path), &no_env, &Overrides::default()).unwrap();
         assert!(c.policy.is_enforced());
         assert!(describe(&c).contains("long_lived GET /v1/ciProducts/**"));
+    }
+
+    #[test]
+    fn the_shipped_app_store_connect_policy_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policy.appstoreconnect.toml");
+        let c = load(Some(&path), &no_env, &Overrides::default()).unwrap();
+        assert!(c.policy.is_enforced());
+        assert_eq!(c.token_rules.audiences, ["appstoreconnect-v1"]);
+        let names: Vec<String> = c.policy.roles().map(|(r, _)| r.to_string()).collect();
+        for role in [
+            "APP_MANAGER",
+            "DEVELOPER",
+            "FINANCE",
+            "SALES",
+            "MARKETING",
+            "CUSTOMER_SUPPORT",
+        ] {
+            assert!(names.iter().any(|n| n == role), "{role} in {names:?}");
+        }
+        let finance = c.roles().key_roles(&["FINANCE"]).unwrap();
+        assert_eq!(c.policy.rate_limit_for(&finance), 1200);
+        let dev = c.roles().key_roles(&["DEVELOPER"]).unwrap();
+        assert_eq!(c.policy.rate_limit_for(&dev), 3600);
+        let t = keygate_core::scope::RequestTarget::from_uri("POST", "/v1/builds");
+        assert!(c.policy.allows(&dev, &t));
+        assert!(!c.policy.allows(&finance, &t));
     }
 
     #[test]
