@@ -65,12 +65,14 @@ async fn main() -> Fallible<()> {
     let app = Router::new()
         .route(
             "/v1/apps",
-            get(|Extension(token): Extension<VerifiedToken>| async move {
-                format!(
-                    "{{\"data\":[],\"meta\":{{\"caller\":\"{}\"}}}}",
-                    token.key.id
-                )
-            }),
+            get(
+                |Extension(token): Extension<Arc<VerifiedToken>>| async move {
+                    format!(
+                        "{{\"data\":[],\"meta\":{{\"caller\":\"{}\"}}}}",
+                        token.key.id
+                    )
+                },
+            ),
         )
         .route("/v1/builds", get(|| async { "builds" }))
         .layer(KeygateLayer::new(verification.gate()));

@@ -7,12 +7,13 @@
 //! use axum::{Extension, Router, routing::get};
 //! use keygate_client::layer::{KeygateLayer, Verification};
 //! use keygate_core::token::VerifiedToken;
+//! use std::sync::Arc;
 //!
 //! let verification = Verification::new().audiences(["appstoreconnect-v1"]);
 //! verification.add_team_key("2X9R4HXF34", "57246542-96fe-1a63-e053-0824d011072a",
 //!     public_key_pem, &["DEVELOPER"])?;
 //! let app: Router = Router::new()
-//!     .route("/v1/apps", get(|Extension(t): Extension<VerifiedToken>| async move {
+//!     .route("/v1/apps", get(|Extension(t): Extension<Arc<VerifiedToken>>| async move {
 //!         format!("hello, key {}", t.key.id)
 //!     }))
 //!     .layer(KeygateLayer::new(verification.gate()));
@@ -143,7 +144,7 @@ impl Verification {
             revoke_reason: None,
             expires_at: None,
         };
-        let seq = self.ring.snapshot().seq;
+        let seq = self.ring.seq();
         self.ring.apply(&[key], seq);
         Ok(())
     }
@@ -215,7 +216,7 @@ impl<S> Layer<S> for KeygateLayer {
 }
 
 /// The service [`KeygateLayer`] makes. Allowed requests reach the inner service with the
-/// [`VerifiedToken`](keygate_core::token::VerifiedToken) in their extensions; refused ones are
+/// `Arc<`[`VerifiedToken`](keygate_core::token::VerifiedToken)`>` in their extensions; refused ones are
 /// answered with keygate's error document. Both carry `X-Rate-Limit` once the key is known.
 #[derive(Debug, Clone)]
 pub struct Keygate<S> {

@@ -50,7 +50,7 @@ fn app(layer: KeygateLayer) -> Router {
     Router::new()
         .route(
             "/v1/apps",
-            get(|Extension(t): Extension<VerifiedToken>| async move {
+            get(|Extension(t): Extension<Arc<VerifiedToken>>| async move {
                 format!("{} {}", t.key.id, t.key.roles.joined())
             }),
         )
@@ -135,7 +135,6 @@ async fn the_layer_decides_like_authz() {
     let token = minter.token().unwrap();
     let (resp, _) = send(&app, "/v1/apps", Some(&token)).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let snapshot = ring.snapshot();
     let mut revoked = keygate_core::key::ApiKey {
         id: keygate_core::ids::KeyId::parse(KEY_ID).unwrap(),
         issuer_id: ISSUER.parse().unwrap(),
@@ -156,7 +155,7 @@ async fn the_layer_decides_like_authz() {
         expires_at: None,
     };
     revoked.revoked_at = Some(clock.now());
-    ring.apply(&[revoked], snapshot.seq);
+    ring.apply(&[revoked], ring.seq());
     let (resp, doc) = send(&app, "/v1/apps", Some(&token)).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(doc["errors"][0]["meta"]["reason"], "KEY_REVOKED");

@@ -14,7 +14,7 @@ use crate::token::VerifiedToken;
 /// A request that may proceed.
 #[derive(Debug)]
 pub struct Admitted {
-    pub token: VerifiedToken,
+    pub token: Arc<VerifiedToken>,
     pub rate: RateState,
 }
 

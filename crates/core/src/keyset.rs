@@ -1,10 +1,11 @@
 //! The verification state: every key's public half, algorithm, roles and status, held in memory
-//! as an immutable snapshot that is swapped atomically. Readers on the hot path take no lock and
-//! make no database call; writers build a new snapshot from the change feed and swap it in.
+//! as sharded immutable snapshots that are swapped atomically. Readers on the hot path take no
+//! lock and make no database call; writers rebuild only the shards a change touches.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use ring::signature::{ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey, VerificationAlgorithm};
@@ -52,6 +53,19 @@ impl VerifyingKey {
         }
     }
 
+    /// Whether two entries say exactly the same about a key.
+    fn same_state(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.issuer_id == other.issuer_id
+            && self.key_type == other.key_type
+            && self.algorithm == other.algorithm
+            && self.roles == other.roles
+            && self.revoked == other.revoked
+            && self.expires_at == other.expires_at
+            && self.usable == other.usable
+            && self.public.as_ref() == other.public.as_ref()
+    }
+
     /// Checks a raw signature over `message`.
     pub fn verify_signature(&self, message: &[u8], signature: &[u8]) -> bool {
         self.public.verify(message, signature).is_ok()
@@ -72,30 +86,52 @@ impl fmt::Debug for VerifyingKey {
     }
 }
 
-/// One immutable snapshot of the verification state.
-#[derive(Debug, Default)]
-pub struct KeySet {
-    keys: HashMap<KeyId, Arc<VerifyingKey>>,
-    /// The change-feed position this snapshot reflects.
-    pub seq: i64,
-}
+/// Shards of the key ring. Each is an immutable map swapped atomically, so a change copies one
+/// shard (about a thousandth of the keys), not the whole set: a million keys cost ~1 000 entries
+/// per change.
+pub const RING_SHARDS: usize = 1024;
 
-impl KeySet {
-    pub fn get(&self, id: &KeyId) -> Option<&Arc<VerifyingKey>> {
-        self.keys.get(id)
-    }
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-}
+type Shard = HashMap<KeyId, Arc<VerifyingKey>>;
 
-/// The live, swappable verification state of one node.
-#[derive(Debug, Default)]
+/// The live verification state of one node: every key's public half, algorithm, roles and
+/// status, in [`RING_SHARDS`] snapshots. Readers take no lock: one atomic load of one shard.
+/// Writers are serialized by a mutex, build the changed shards anew, and swap them in.
 pub struct KeyRing {
-    current: ArcSwap<KeySet>,
+    shards: Box<[ArcSwap<Shard>]>,
+    /// The change-feed position the ring reflects.
+    seq: AtomicI64,
+    len: AtomicUsize,
+    writer: Mutex<()>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("keys", &self.len())
+            .field("seq", &self.seq())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for KeyRing {
+    fn default() -> Self {
+        Self {
+            shards: (0..RING_SHARDS).map(|_| ArcSwap::default()).collect(),
+            seq: AtomicI64::new(0),
+            len: AtomicUsize::new(0),
+            writer: Mutex::new(()),
+        }
+    }
+}
+
+/// Key IDs come from the CSPRNG, so a simple hash of their bytes spreads them evenly; an
+/// attacker choosing `kid`s only chooses which shard a failed lookup reads.
+#[allow(clippy::cast_possible_truncation)] // reduced modulo RING_SHARDS first
+fn shard_of(id: &KeyId) -> usize {
+    let h = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % RING_SHARDS as u64) as usize
 }
 
 impl KeyRing {
@@ -103,43 +139,72 @@ impl KeyRing {
         Self::default()
     }
 
-    /// The current snapshot; cheap, lock-free, and consistent for as long as it is held.
-    pub fn snapshot(&self) -> Arc<KeySet> {
-        self.current.load_full()
+    #[allow(clippy::indexing_slicing)] // `shards` has RING_SHARDS entries, built in `default`
+    fn shard(&self, i: usize) -> &ArcSwap<Shard> {
+        &self.shards[i % RING_SHARDS]
+    }
+
+    /// The current state of one key; lock-free.
+    pub fn get(&self, id: &KeyId) -> Option<Arc<VerifyingKey>> {
+        self.shard(shard_of(id)).load().get(id).cloned()
+    }
+
+    /// The change-feed position the ring reflects.
+    pub fn seq(&self) -> i64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Replaces everything with a full load, as at start-up or after losing the change feed.
     ///
     /// The load may be older than changes this node already applied (a revoke answered here
     /// while the load was running). Keys are never deleted and revocation and erasure are
-    /// final, so entries of the current snapshot that the load lacks are kept, and a key stays
-    /// revoked or unusable if either side says so. Changes after `seq` arrive through
-    /// [`apply`](Self::apply) as usual.
+    /// final, so entries the load lacks are kept, and a key stays revoked or unusable if either
+    /// side says so. Changes after `seq` arrive through [`apply`](Self::apply) as usual.
     pub fn replace_all(&self, keys: &[ApiKey], seq: i64) {
-        self.current.rcu(|cur| {
-            let mut map: HashMap<KeyId, Arc<VerifyingKey>> = cur.keys.clone();
-            for k in keys {
-                let fresh = merge_final_states(VerifyingKey::from_key(k), map.get(&k.id));
-                map.insert(k.id, Arc::new(fresh));
-            }
-            KeySet { keys: map, seq }
-        });
+        self.merge(keys, seq);
     }
 
-    /// Applies changed keys (their current stored state) on top of the snapshot. `seq` only moves
-    /// forward, so a late, older batch cannot roll the position back.
+    /// Applies changed keys (their current stored state). `seq` only moves forward, so a late,
+    /// older batch cannot roll the position back.
     pub fn apply(&self, changed: &[ApiKey], seq: i64) {
-        self.current.rcu(|cur| {
-            let mut keys = cur.keys.clone();
-            for k in changed {
-                let fresh = merge_final_states(VerifyingKey::from_key(k), keys.get(&k.id));
-                keys.insert(k.id, Arc::new(fresh));
+        self.merge(changed, seq);
+    }
+
+    fn merge(&self, keys: &[ApiKey], seq: i64) {
+        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_shard: HashMap<usize, Vec<&ApiKey>> = HashMap::new();
+        for k in keys {
+            by_shard.entry(shard_of(&k.id)).or_default().push(k);
+        }
+        let mut added = 0usize;
+        for (i, batch) in by_shard {
+            let slot = self.shard(i);
+            let mut map: Shard = slot.load().as_ref().clone();
+            for k in batch {
+                let old = map.get(&k.id);
+                let fresh = merge_final_states(VerifyingKey::from_key(k), old);
+                // An unchanged key keeps its entry, so cached verifications of its tokens stay
+                // valid across a full reload (the cache trusts an entry only while it is the
+                // ring's current one).
+                if old.is_some_and(|o| o.same_state(&fresh)) {
+                    continue;
+                }
+                if map.insert(k.id, Arc::new(fresh)).is_none() {
+                    added += 1;
+                }
             }
-            KeySet {
-                keys,
-                seq: seq.max(cur.seq),
-            }
-        });
+            slot.store(Arc::new(map));
+        }
+        self.len.fetch_add(added, Ordering::Relaxed);
+        self.seq.fetch_max(seq, Ordering::AcqRel);
     }
 }
 
@@ -158,7 +223,7 @@ impl KeyRing {
         const BATCH: u32 = 1000;
         let mut applied = 0;
         loop {
-            let from = self.snapshot().seq;
+            let from = self.seq();
             let changes = feed.changes_since(from, BATCH).await?;
             let Some(&(last, _)) = changes.last() else {
                 return Ok(applied);
@@ -186,5 +251,60 @@ fn merge_final_states(fresh: VerifyingKey, old: Option<&Arc<VerifyingKey>>) -> V
             ..fresh
         },
         None => fresh,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::IssuerId;
+    use crate::role::RoleCatalog;
+
+    fn key(n: usize) -> ApiKey {
+        ApiKey {
+            id: KeyId::parse(&format!("K{n:09}")).unwrap(),
+            issuer_id: IssuerId::generate(),
+            name: "k".into(),
+            roles: RoleCatalog::default().key_roles(&["DEVELOPER"]).unwrap(),
+            key_type: KeyType::Team,
+            algorithm: Algorithm::Es256,
+            public_key: vec![4; 65],
+            private_key: PrivateKeyState::Downloaded(0),
+            created_by: "test".into(),
+            created_at: 0,
+            last_used_at: None,
+            request_count: 0,
+            revoked_at: None,
+            revoke_reason: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn shards_hold_every_key_and_changes_touch_only_theirs() {
+        let ring = KeyRing::new();
+        let keys: Vec<ApiKey> = (0..5000).map(key).collect();
+        ring.replace_all(&keys, 7);
+        assert_eq!((ring.len(), ring.seq()), (5000, 7));
+        assert!(keys.iter().all(|k| ring.get(&k.id).is_some()));
+        let before = ring.get(&keys[1].id).unwrap();
+        // An unchanged reload keeps the same entries (the token cache relies on it).
+        ring.replace_all(&keys, 6);
+        assert!(Arc::ptr_eq(&before, &ring.get(&keys[1].id).unwrap()));
+        assert_eq!(ring.seq(), 7, "the position never moves back");
+        // A revocation replaces the entry, and a stale reload cannot undo it.
+        let mut revoked = keys[1].clone();
+        revoked.revoked_at = Some(1);
+        ring.apply(&[revoked], 8);
+        let after = ring.get(&keys[1].id).unwrap();
+        assert!(after.revoked && !Arc::ptr_eq(&before, &after));
+        ring.replace_all(&keys, 8);
+        assert!(ring.get(&keys[1].id).unwrap().revoked);
+        assert_eq!(ring.len(), 5000);
+        // Other keys' entries are untouched.
+        assert!(Arc::ptr_eq(
+            &ring.get(&keys[2].id).unwrap(),
+            &ring.get(&keys[2].id).unwrap()
+        ));
     }
 }

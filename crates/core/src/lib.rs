@@ -24,5 +24,6 @@ pub mod service;
 pub mod store;
 pub mod time_fmt;
 pub mod token;
+pub mod token_cache;
 
 pub use error::{AuthFailure, AuthReason, Error, ForbiddenReason, Result};

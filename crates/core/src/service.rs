@@ -24,6 +24,7 @@ use crate::role::{Role, RoleCatalog};
 use crate::scope::RequestTarget;
 use crate::store::{Issuer, Store, TakePrivateKey};
 use crate::token::{self, TokenRules, VerifiedToken};
+use crate::token_cache::TokenCache;
 
 /// Limits on keys, from configuration.
 #[derive(Debug, Clone, Copy)]
@@ -55,13 +56,18 @@ pub struct NewKey {
     pub expires_at: Option<UnixTime>,
 }
 
-/// The hot path: token verification against the node's in-memory key set.
+/// Verified tokens remembered by default (about 0.5 KiB each).
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 65_536;
+
+/// The hot path: token verification against the node's in-memory key set, with the
+/// verified-token cache in front of it.
 #[derive(Debug)]
 pub struct Verifier {
     ring: Arc<KeyRing>,
     policy: Arc<Policy>,
     rules: TokenRules,
     clock: Arc<dyn Clock>,
+    cache: TokenCache,
 }
 
 impl Verifier {
@@ -76,7 +82,19 @@ impl Verifier {
             policy,
             rules,
             clock,
+            cache: TokenCache::new(DEFAULT_TOKEN_CACHE_ENTRIES),
         }
+    }
+
+    /// Sizes the verified-token cache (0 turns it off).
+    #[must_use]
+    pub fn with_token_cache(mut self, entries: usize) -> Self {
+        self.cache = TokenCache::new(entries);
+        self
+    }
+
+    pub fn token_cache(&self) -> &TokenCache {
+        &self.cache
     }
 
     pub fn rules(&self) -> &TokenRules {
@@ -87,23 +105,20 @@ impl Verifier {
         &self.policy
     }
 
-    /// Verifies a token (signature, key status, claims). Never logs the token.
+    /// Verifies a token completely (signature, key status, claims, the long-lived rule). Never
+    /// logs the token.
     #[instrument(level = "trace", skip_all)]
-    pub fn verify(&self, token: &str) -> Result<VerifiedToken, AuthFailure> {
-        token::verify(
-            token,
-            &self.ring.snapshot(),
-            &self.policy,
-            &self.rules,
-            self.clock.now(),
-        )
+    pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthFailure> {
+        let verified = self.verify_credential(token)?;
+        verified.check_lifetime(&self.policy, &self.rules)?;
+        Ok(verified)
     }
 
     /// The data-plane decision for a request on the protected API, in the contract's order:
     /// credential (signature, key status, claims), then role policy, then token scope, then the
     /// long-lived rule. Rate limits come last, in [`crate::gate::Gate`].
     #[instrument(level = "trace", skip_all)]
-    pub fn authorize(&self, token: &str, target: &RequestTarget<'_>) -> Result<VerifiedToken> {
+    pub fn authorize(&self, token: &str, target: &RequestTarget<'_>) -> Result<Arc<VerifiedToken>> {
         let verified = self.verify_credential(token)?;
         self.permit(&verified, target)?;
         Ok(verified)
@@ -111,8 +126,25 @@ impl Verifier {
 
     /// The credential alone: everything but the long-lived rule, which [`Self::permit`] applies
     /// after role and scope.
-    pub(crate) fn verify_credential(&self, token: &str) -> Result<VerifiedToken, AuthFailure> {
-        token::verify_credential(token, &self.ring.snapshot(), &self.rules, self.clock.now())
+    pub(crate) fn verify_credential(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthFailure> {
+        let now = self.clock.now();
+        if let Some(hit) = self.cache.get(token, &self.ring, now) {
+            return Ok(hit);
+        }
+        let verified = Arc::new(token::verify_credential(
+            token,
+            &self.ring,
+            &self.rules,
+            now,
+        )?);
+        // Valid while `exp` is within the leeway and the key has not expired.
+        let mut valid_until = verified.expires_at.saturating_add(self.rules.leeway);
+        if let Some(key_expiry) = verified.key.expires_at {
+            valid_until = valid_until.min(key_expiry);
+        }
+        self.cache
+            .insert(token, Arc::clone(&verified), valid_until, now);
+        Ok(verified)
     }
 
     /// Role, then scope, then the long-lived rule, for a credential from

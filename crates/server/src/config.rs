@@ -31,6 +31,8 @@ pub struct Config {
     pub forward_auth_headers: ForwardAuthHeaders,
     /// How often per-key usage (last use, request count) is written to the store.
     pub usage_flush_interval: Duration,
+    /// Verified tokens remembered (0 turns the cache off).
+    pub token_cache_entries: usize,
     /// The reverse proxy, when both `proxy_listen` and `upstream` are set.
     pub proxy: Option<ProxyConfig>,
 }
@@ -96,6 +98,7 @@ struct FileConfig {
     forward_auth_headers: Option<String>,
     rate_limit_per_hour: Option<u32>,
     usage_flush_interval: Option<DurationText>,
+    token_cache_entries: Option<usize>,
     proxy_listen: Option<String>,
     upstream: Option<String>,
     upstream_timeout: Option<DurationText>,
@@ -354,6 +357,16 @@ pub fn load(
             .or(raw.upstream),
         upstream_timeout,
     )?;
+    let token_cache_entries = match env("KEYGATE_TOKEN_CACHE_ENTRIES") {
+        Some(v) => v.parse().map_err(|_| {
+            ConfigError(format!(
+                "KEYGATE_TOKEN_CACHE_ENTRIES: {v:?} is not a number"
+            ))
+        })?,
+        None => raw
+            .token_cache_entries
+            .unwrap_or(keygate_core::service::DEFAULT_TOKEN_CACHE_ENTRIES),
+    };
     let default_rate_limit = match env("KEYGATE_RATE_LIMIT_PER_HOUR") {
         Some(v) => Some(v.parse().map_err(|_| {
             ConfigError(format!(
@@ -421,6 +434,7 @@ pub fn load(
         sweep_interval,
         forward_auth_headers,
         usage_flush_interval,
+        token_cache_entries,
         proxy,
     })
 }
@@ -522,6 +536,7 @@ pub fn describe(config: &Config) -> String {
         "usage_flush_interval   {} ms",
         config.usage_flush_interval.as_millis()
     );
+    let _ = writeln!(out, "token_cache_entries    {}", config.token_cache_entries);
     match &config.proxy {
         Some(p) => {
             let _ = writeln!(

@@ -43,12 +43,15 @@ pub async fn build(
         .await
         .map_err(|e| ConfigError(format!("database: {e}")))?;
     tracing::info!(keys = loaded, "key ring loaded");
-    let verifier = Arc::new(Verifier::new(
-        Arc::clone(&ring),
-        Arc::new(config.policy.clone()),
-        config.token_rules.clone(),
-        Arc::clone(&clock),
-    ));
+    let verifier = Arc::new(
+        Verifier::new(
+            Arc::clone(&ring),
+            Arc::new(config.policy.clone()),
+            config.token_rules.clone(),
+            Arc::clone(&clock),
+        )
+        .with_token_cache(config.token_cache_entries),
+    );
     let gate = Gate::new(verifier, Arc::new(Meter::new(clock)));
     Ok(AppState {
         keys,

@@ -1336,3 +1336,36 @@ async fn decision_order_is_role_then_scope_then_long_lived() {
     let (status, doc) = h.call("GET", "/v1/issuer", Some(&long), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{doc}");
 }
+
+/// A token served from the verified-token cache is refused on the very next request after its
+/// key is revoked.
+#[tokio::test]
+async fn a_revoked_keys_cached_token_is_refused_on_the_next_request() {
+    let h = harness().await;
+    let (id, signer) = h.key_with_roles(&["DEVELOPER"]).await;
+    let token = h.token_for(&id, &signer, json!({}));
+    for _ in 0..3 {
+        let (status, _) = h.call("GET", "/authz/v1/apps", Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let cache = h.state.gate.verifier().token_cache();
+    assert!(!cache.is_empty(), "the token is cached");
+    let (status, _) = h
+        .call(
+            "PATCH",
+            &format!("/v1/apiKeys/{id}"),
+            Some(&h.admin_token()),
+            Some(json!({"data": {"type": "apiKeys", "id": id, "attributes": {"isActive": false}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    h.deny(
+        Request::get("/authz/v1/apps")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "KEY_REVOKED",
+    )
+    .await;
+}

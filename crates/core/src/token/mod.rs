@@ -21,7 +21,7 @@ use crate::clock::UnixTime;
 use crate::error::{AuthFailure, AuthReason, Error, ForbiddenReason};
 use crate::ids::KeyId;
 use crate::key::KeyType;
-use crate::keyset::{KeySet, VerifyingKey};
+use crate::keyset::{KeyRing, VerifyingKey};
 use crate::policy::Policy;
 use crate::scope::{RequestTarget, ScopeEntry};
 use crate::time_fmt::rfc3339;
@@ -161,7 +161,7 @@ fn str_claim<'m>(
 /// Verifies `token` and returns what it proves. `now` comes from the caller's clock.
 pub fn verify(
     token: &str,
-    keys: &KeySet,
+    keys: &KeyRing,
     policy: &Policy,
     rules: &TokenRules,
     now: UnixTime,
@@ -176,7 +176,7 @@ pub fn verify(
 #[allow(clippy::too_many_lines)] // one linear list of rules reads better than many fragments
 pub(crate) fn verify_credential(
     token: &str,
-    keys: &KeySet,
+    keys: &KeyRing,
     rules: &TokenRules,
     now: UnixTime,
 ) -> Result<VerifiedToken, AuthFailure> {
@@ -466,7 +466,7 @@ pub(crate) fn verify_credential(
 
     let jti = str_claim(&claims, "jti")?.map(str::to_owned);
     Ok(VerifiedToken {
-        key: Arc::clone(key),
+        key,
         expires_at: exp,
         scope,
         jti,

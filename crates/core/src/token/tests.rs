@@ -776,11 +776,11 @@ fn token_rules_table() {
         ),
     ];
 
-    let snapshot = f.ring.snapshot();
+    let snapshot = &f.ring;
     let mut failures = Vec::new();
     for (name, tok, expect) in &rows {
         let token = build(&f, tok);
-        let got = verify(&token, &snapshot, &f.policy, &f.rules, NOW)
+        let got = verify(&token, snapshot, &f.policy, &f.rules, NOW)
             .map(|_| ())
             .map_err(|e| e.reason);
         let want = expect.map_or(Ok(()), Err);
@@ -801,7 +801,7 @@ fn token_rules_table() {
 fn details_explain_without_echoing_the_token() {
     let f = fixture();
     let token = build(&f, &Tok::Claims(team, claims(-3600, None)));
-    let err = verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW).unwrap_err();
+    let err = verify(&token, &f.ring, &f.policy, &f.rules, NOW).unwrap_err();
     assert_eq!(err.reason, AuthReason::TokenExpired);
     assert!(
         err.detail.contains("2026-11-26T09:00:00Z"),
@@ -817,7 +817,7 @@ fn scope_is_enforced_per_request() {
     let f = fixture();
     let c = json!({"iss": f.issuer, "aud": "keygate-v1", "exp": NOW + 600, "scope": ["GET /v1/apps?filter[platform]=IOS"]});
     let token = sign_jwt(&f.team.1, f.team.0.as_str(), &c).unwrap();
-    let v = verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW).unwrap();
+    let v = verify(&token, &f.ring, &f.policy, &f.rules, NOW).unwrap();
     assert!(
         v.check_scope(&RequestTarget::from_uri(
             "GET",
@@ -845,11 +845,11 @@ fn revocation_in_the_ring_is_immediate_and_irreversible() {
     f.ring.apply(std::slice::from_ref(&key), 2);
     let c = json!({"iss": f.issuer, "aud": "keygate-v1", "exp": NOW + 600});
     let token = sign_jwt(&signer, key.id.as_str(), &c).unwrap();
-    assert!(verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW).is_ok());
+    assert!(verify(&token, &f.ring, &f.policy, &f.rules, NOW).is_ok());
     key.revoked_at = Some(NOW);
     f.ring.apply(std::slice::from_ref(&key), 3);
     assert_eq!(
-        verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW)
+        verify(&token, &f.ring, &f.policy, &f.rules, NOW)
             .unwrap_err()
             .reason,
         AuthReason::KeyRevoked
@@ -858,9 +858,83 @@ fn revocation_in_the_ring_is_immediate_and_irreversible() {
     key.revoked_at = None;
     f.ring.apply(std::slice::from_ref(&key), 2);
     assert_eq!(
-        verify(&token, &f.ring.snapshot(), &f.policy, &f.rules, NOW)
+        verify(&token, &f.ring, &f.policy, &f.rules, NOW)
             .unwrap_err()
             .reason,
         AuthReason::KeyRevoked
     );
+}
+
+/// The verified-token cache behind `Verifier`: a hit is served without re-verifying, a revoked
+/// key's cached token is refused on the very next call, entries end with the token, and a
+/// flood of distinct tokens stays within the bound.
+#[test]
+fn the_token_cache_is_safe_and_bounded() {
+    use crate::clock::ManualClock;
+    use crate::service::Verifier;
+
+    let f = fixture();
+    let issuer: IssuerId = f.issuer.parse().unwrap();
+    let (mut key, signer) = make_key(issuer, Algorithm::Es256, KeyType::Team, &["DEVELOPER"]);
+    let ring = Arc::new(KeyRing::new());
+    ring.apply(std::slice::from_ref(&key), 1);
+    let clock = Arc::new(ManualClock::new(NOW));
+    let verifier = Verifier::new(
+        Arc::clone(&ring),
+        Arc::new(f.policy.clone()),
+        f.rules.clone(),
+        clock.clone(),
+    )
+    .with_token_cache(128);
+    let token = |exp: i64, n: i64| {
+        let c = json!({"iss": f.issuer, "aud": "keygate-v1", "exp": exp, "jti": n.to_string()});
+        sign_jwt(&signer, key.id.as_str(), &c).unwrap()
+    };
+
+    let t = token(NOW + 600, 0);
+    let first = verifier.verify(&t).unwrap();
+    let second = verifier.verify(&t).unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "the second call is a cache hit"
+    );
+    assert_eq!(verifier.token_cache().len(), 1);
+
+    // A token differing in one byte is not served another's result.
+    let mut forged = t.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert!(verifier.verify(&forged).is_err());
+
+    // Revoked: refused on the very next call, although the entry is still cached.
+    key.revoked_at = Some(NOW);
+    ring.apply(std::slice::from_ref(&key), 2);
+    assert_eq!(
+        verifier.verify(&t).unwrap_err().reason,
+        AuthReason::KeyRevoked
+    );
+
+    // Entries end with their token: past exp plus the leeway the token is expired.
+    let (key2, signer2) = make_key(issuer, Algorithm::Es256, KeyType::Team, &["DEVELOPER"]);
+    ring.apply(std::slice::from_ref(&key2), 3);
+    let c = json!({"iss": f.issuer, "aud": "keygate-v1", "exp": NOW + 100});
+    let short = sign_jwt(&signer2, key2.id.as_str(), &c).unwrap();
+    assert!(verifier.verify(&short).is_ok());
+    clock.set(NOW + 100 + f.rules.leeway);
+    assert_eq!(
+        verifier.verify(&short).unwrap_err().reason,
+        AuthReason::TokenExpired
+    );
+    clock.set(NOW);
+
+    // A flood of distinct valid tokens: every one verifies, the cache stays within 128.
+    for n in 0..1000 {
+        let c =
+            json!({"iss": f.issuer, "aud": "keygate-v1", "exp": NOW + 600, "jti": n.to_string()});
+        let t = sign_jwt(&signer2, key2.id.as_str(), &c).unwrap();
+        assert!(verifier.verify(&t).is_ok());
+        assert!(verifier.token_cache().len() <= 128);
+    }
+    assert!(verifier.token_cache().len() > 64, "the cache is in use");
 }

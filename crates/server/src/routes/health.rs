@@ -17,6 +17,6 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     state.keys.store().ping().await?;
     Ok(json_response(
-        &json!({"status": "ready", "keys": state.ring.snapshot().len()}),
+        &json!({"status": "ready", "keys": state.ring.len()}),
     ))
 }

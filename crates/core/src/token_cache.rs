@@ -1,0 +1,141 @@
+//! The verified-token cache. Real clients reuse one token for up to 20 minutes (Apple recommends
+//! it), so most requests present a token keygate has already verified. A hit skips the base64,
+//! the JSON and the signature check, and costs a hash of the token bytes and two map lookups.
+//!
+//! Safety rests on three rules:
+//! - An entry is found by a hash of the **exact token bytes** and then compared byte for byte,
+//!   so a collision can only cost a miss, never return another token's result.
+//! - An entry lives only while the token itself would verify: until `exp` plus the leeway, and
+//!   never past the key's own expiry.
+//! - Every hit checks the key's **current** state in the ring: the cached result is used only if
+//!   the ring still holds the very same key entry (any change to the key, a revocation above
+//!   all, replaces that entry), and that entry is active. A revoked key's token is therefore
+//!   refused on the very next request.
+//!
+//! The cache is bounded: each of its shards holds at most `capacity / SHARDS` entries. A full
+//! shard first drops its expired entries, then an arbitrary one (the map's iteration order,
+//! which is randomized per process), so a flood of distinct tokens cannot grow memory.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::clock::UnixTime;
+use crate::keyset::KeyRing;
+use crate::token::VerifiedToken;
+
+const SHARDS: usize = 64;
+
+#[derive(Debug)]
+struct Entry {
+    /// The token itself, to rule out hash collisions.
+    token: Box<str>,
+    verified: Arc<VerifiedToken>,
+    /// The first second at which the entry is no longer valid.
+    valid_until: UnixTime,
+}
+
+/// A bounded map from token bytes to their verification result.
+#[derive(Debug)]
+pub struct TokenCache {
+    shards: Box<[RwLock<HashMap<u64, Entry>>]>,
+    hasher: foldhash::quality::RandomState,
+    per_shard: usize,
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` entries (rounded down to a multiple of the shard count;
+    /// 0 disables it).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: foldhash::quality::RandomState::default(),
+            per_shard: capacity / SHARDS,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.per_shard * SHARDS
+    }
+
+    fn hash(&self, token: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(token.as_bytes());
+        h.finish()
+    }
+
+    #[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)] // modulo SHARDS
+    fn shard(&self, hash: u64) -> &RwLock<HashMap<u64, Entry>> {
+        // The low bits pick the map slot too; the high bits pick the shard.
+        &self.shards[((hash >> 58) as usize) % SHARDS]
+    }
+
+    /// The cached result for `token`, if it is still valid at `now` and its key is unchanged
+    /// and active in `ring`.
+    pub fn get(&self, token: &str, ring: &KeyRing, now: UnixTime) -> Option<Arc<VerifiedToken>> {
+        if self.per_shard == 0 {
+            return None;
+        }
+        let hash = self.hash(token);
+        let verified = {
+            let shard = self
+                .shard(hash)
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let e = shard.get(&hash)?;
+            if now >= e.valid_until || *e.token != *token {
+                return None;
+            }
+            Arc::clone(&e.verified)
+        };
+        let current = ring.get(&verified.key.id)?;
+        (Arc::ptr_eq(&current, &verified.key) && !current.revoked && current.usable)
+            .then_some(verified)
+    }
+
+    /// Remembers a verification result until `valid_until`.
+    pub fn insert(
+        &self,
+        token: &str,
+        verified: Arc<VerifiedToken>,
+        valid_until: UnixTime,
+        now: UnixTime,
+    ) {
+        if self.per_shard == 0 || valid_until <= now {
+            return;
+        }
+        let hash = self.hash(token);
+        let mut shard = self
+            .shard(hash)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shard.len() >= self.per_shard && !shard.contains_key(&hash) {
+            shard.retain(|_, e| e.valid_until > now);
+            if shard.len() >= self.per_shard
+                && let Some(victim) = shard.keys().next().copied()
+            {
+                shard.remove(&victim);
+            }
+        }
+        shard.insert(
+            hash,
+            Entry {
+                token: token.into(),
+                verified,
+                valid_until,
+            },
+        );
+    }
+
+    /// Entries held now (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
