@@ -30,8 +30,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use axum::extract::OriginalUri;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use keygate_core::clock::{Clock, SystemClock};
+use keygate_core::credential::{Credential, HeaderValues, credential};
 use keygate_core::crypto::parse_public_key_pem;
 use keygate_core::error::{AuthReason, Error};
 use keygate_core::error_body::ErrorBody;
@@ -241,8 +243,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        strip_identity(req.headers_mut());
         let decision = {
-            let uri = req.uri();
+            // Under `Router::nest` the URI has lost its prefix; policy and scopes name the path
+            // the client sent.
+            let uri = req
+                .extensions()
+                .get::<OriginalUri>()
+                .map_or(req.uri(), |o| &o.0);
             let target = RequestTarget {
                 method: req.method().as_str(),
                 path: uri.path(),
@@ -278,30 +286,31 @@ where
     }
 }
 
-/// The one `Authorization: Bearer` token of a request.
-fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, Error> {
-    let mut all = headers.get_all(header::AUTHORIZATION).iter();
-    let (Some(value), None) = (all.next(), all.next()) else {
-        return Err(Error::auth(
-            AuthReason::TokenMissing,
-            "Send exactly one Authorization: Bearer <token> header.",
-        ));
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Error::auth(
-                AuthReason::TokenMalformed,
-                "The Authorization header is not Bearer <token>.",
-            )
-        })
+/// The request's credential, read exactly as keygate's server reads it. Secret keys are not
+/// verified in-process.
+fn bearer(headers: &HeaderMap) -> Result<&str, Error> {
+    let values =
+        |name: &str| HeaderValues::of(headers.get_all(name).iter().map(HeaderValue::as_bytes));
+    match credential(values("authorization"), values("x-api-key"))? {
+        Credential::Token(t) => Ok(t),
+        Credential::SecretKey(_) => Err(Error::auth(
+            AuthReason::UnknownSecretKey,
+            "Secret keys are checked by a keygate server, not by the in-process layer.",
+        )),
+    }
+}
+
+/// Removes every client-sent `X-Keygate-*` header, so a handler never mistakes one for
+/// keygate's word.
+fn strip_identity(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-keygate-"))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
 }
 
 fn refusal(error: Error) -> Response<Body> {

@@ -210,3 +210,60 @@ async fn the_layer_follows_a_keygate_database() {
     assert_eq!(status, StatusCode::OK);
     task.abort();
 }
+
+/// Under `Router::nest` the layer checks the path the client sent (a token scoped to `/a/...`
+/// does not open `/b/...`), and handlers never see a client's own `X-Keygate-*` headers.
+#[tokio::test]
+async fn the_layer_checks_the_full_path_and_strips_spoofed_identity() {
+    let pair = generate_key_pair(Algorithm::Es256).unwrap();
+    let verification = Verification::new();
+    verification
+        .add_team_key(
+            KEY_ID,
+            ISSUER,
+            &public_key_pem(&pair.public, Algorithm::Es256),
+            &["DEVELOPER"],
+        )
+        .unwrap();
+    let inner = || {
+        Router::new().route(
+            "/v1/x",
+            get(|headers: axum::http::HeaderMap| async move {
+                headers
+                    .get("x-keygate-key-id")
+                    .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned())
+            }),
+        )
+    };
+    let app = Router::new()
+        .nest("/a", inner())
+        .nest("/b", inner())
+        .layer(KeygateLayer::new(verification.gate()));
+    let token = TokenMinter::new(
+        &pair.private,
+        KEY_ID,
+        Identity::Team {
+            issuer_id: ISSUER.to_owned(),
+        },
+        MintOptions {
+            scope: vec!["GET /a/v1/x".to_owned()],
+            ..MintOptions::default()
+        },
+    )
+    .unwrap()
+    .token()
+    .unwrap();
+    let req = |path: &str| {
+        Request::get(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header("x-keygate-key-id", "SPOOFED000")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let resp = app.clone().oneshot(req("/a/v1/x")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert_eq!(&body[..], b"none");
+    let resp = app.clone().oneshot(req("/b/v1/x")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod authz;
 pub mod clock;
+pub mod credential;
 pub mod crypto;
 pub mod error;
 pub mod error_body;

@@ -4,88 +4,31 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts, OriginalUri};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderName, header};
 use keygate_core::authz::Principal;
+use keygate_core::credential::HeaderValues;
 use keygate_core::error::{AuthReason, Error};
 use keygate_core::scope::RequestTarget;
 
 use crate::AppState;
 use crate::error::ApiError;
 
-/// The credential a request presents.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Credential<'a> {
-    /// A JWT from `Authorization: Bearer`.
-    Token(&'a str),
-    /// A secret key (`kgsk_…`), from `X-Api-Key` or `Authorization: Bearer`.
-    SecretKey(&'a str),
-}
+pub use keygate_core::credential::Credential;
 
-/// Reads the one credential of a request. Several `Authorization` headers, or a credential in
-/// both `Authorization` and `X-Api-Key`, are refused rather than guessed between.
+/// Reads the one credential of a request (see [`keygate_core::credential::credential`]).
 pub fn credential(headers: &HeaderMap) -> Result<Credential<'_>, Error> {
-    let mut auth = headers.get_all(header::AUTHORIZATION).iter();
-    let first = auth.next();
-    if auth.next().is_some() {
-        return Err(Error::auth(
-            AuthReason::TokenMalformed,
-            "The request has more than one Authorization header.",
-        ));
-    }
-    let mut api_keys = headers.get_all("x-api-key").iter();
-    let api_key = api_keys.next();
-    if api_keys.next().is_some() {
-        return Err(Error::auth(
-            AuthReason::TokenMalformed,
-            "The request has more than one X-Api-Key header.",
-        ));
-    }
-    match (first, api_key) {
-        (Some(_), Some(_)) => Err(Error::auth(
-            AuthReason::TokenMalformed,
-            "The request has both an Authorization and an X-Api-Key header; send one credential.",
-        )),
-        (None, None) => Err(Error::auth(
-            AuthReason::TokenMissing,
-            "Send Authorization: Bearer <token>.",
-        )),
-        (None, Some(v)) => {
-            let v = v.to_str().map_err(|_| {
-                Error::auth(
-                    AuthReason::UnknownSecretKey,
-                    "The X-Api-Key header is not a keygate secret key.",
-                )
-            })?;
-            Ok(Credential::SecretKey(v.trim()))
-        }
-        (Some(v), None) => {
-            let v = v.to_str().map_err(|_| {
-                Error::auth(
-                    AuthReason::TokenMalformed,
-                    "The Authorization header holds non-ASCII bytes.",
-                )
-            })?;
-            let (scheme, rest) = v.trim().split_once(' ').unwrap_or((v, ""));
-            if !scheme.eq_ignore_ascii_case("bearer") {
-                return Err(Error::auth(
-                    AuthReason::TokenMissing,
-                    "The Authorization header must use the Bearer scheme.",
-                ));
-            }
-            let token = rest.trim();
-            if token.is_empty() {
-                return Err(Error::auth(
-                    AuthReason::TokenMissing,
-                    "The bearer token is empty.",
-                ));
-            }
-            if token.starts_with("kgsk_") {
-                Ok(Credential::SecretKey(token))
-            } else {
-                Ok(Credential::Token(token))
-            }
-        }
-    }
+    let values = |name| {
+        HeaderValues::of(
+            headers
+                .get_all(name)
+                .iter()
+                .map(axum::http::HeaderValue::as_bytes),
+        )
+    };
+    keygate_core::credential::credential(
+        values(header::AUTHORIZATION),
+        values(HeaderName::from_static("x-api-key")),
+    )
 }
 
 /// The peer address, when the server was started with connection info.
@@ -133,73 +76,5 @@ impl FromRequestParts<AppState> for Caller {
                 .verifier()
                 .authenticate_management(token, &target, peer_ip(parts))?;
         Ok(Self(principal))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::http::HeaderValue;
-
-    use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    fn reason(r: Result<Credential<'_>, Error>) -> AuthReason {
-        match r {
-            Err(Error::Unauthenticated(f)) => f.reason,
-            other => panic!("expected an auth failure, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn credential_table() {
-        assert_eq!(
-            credential(&headers(&[("authorization", "Bearer a.b.c")])).unwrap(),
-            Credential::Token("a.b.c")
-        );
-        assert_eq!(
-            credential(&headers(&[("authorization", "bEaReR   a.b.c ")])).unwrap(),
-            Credential::Token("a.b.c")
-        );
-        assert_eq!(
-            credential(&headers(&[("x-api-key", "kgsk_x")])).unwrap(),
-            Credential::SecretKey("kgsk_x")
-        );
-        assert_eq!(
-            credential(&headers(&[("authorization", "Bearer kgsk_x")])).unwrap(),
-            Credential::SecretKey("kgsk_x")
-        );
-        assert_eq!(reason(credential(&headers(&[]))), AuthReason::TokenMissing);
-        assert_eq!(
-            reason(credential(&headers(&[(
-                "authorization",
-                "Basic dXNlcjpwdw=="
-            )]))),
-            AuthReason::TokenMissing
-        );
-        assert_eq!(
-            reason(credential(&headers(&[("authorization", "Bearer")]))),
-            AuthReason::TokenMissing
-        );
-        assert_eq!(
-            reason(credential(&headers(&[
-                ("authorization", "Bearer a.b.c"),
-                ("authorization", "Bearer d.e.f")
-            ]))),
-            AuthReason::TokenMalformed
-        );
-        assert_eq!(
-            reason(credential(&headers(&[
-                ("authorization", "Bearer a.b.c"),
-                ("x-api-key", "kgsk_x")
-            ]))),
-            AuthReason::TokenMalformed
-        );
     }
 }
