@@ -3,6 +3,7 @@
 //!
 //! This is the only crate that knows SQL.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -17,12 +18,10 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         return Ok(Arc::new(sqlite::SqliteStore::open(&path).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(Error::Unavailable(
-            "PostgreSQL support is not built yet; use a sqlite:// URL".into(),
-        ));
+        return Ok(Arc::new(postgres::PostgresStore::open(url).await?));
     }
     Err(Error::body(format!(
-        "unsupported database URL {:?}: use sqlite://PATH",
+        "unsupported database URL {:?}: use sqlite://PATH or postgres://...",
         url.split("://").next().unwrap_or("")
     )))
 }
