@@ -51,7 +51,6 @@ fn free_port() -> u16 {
 struct Nginx {
     child: Child,
     base: String,
-    dir: PathBuf,
 }
 
 impl Nginx {
@@ -105,19 +104,25 @@ impl Nginx {
         Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            dir: dir.to_owned(),
         }
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGQUIT would wait for connections; the test is over, so stop at once.
+        // SIGTERM is nginx's fast shutdown: the master stops its workers and exits.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("nginx.pid")) {
-            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-        }
     }
 }
 
@@ -188,6 +193,7 @@ async fn nginx_auth_request_allows_401s_403s_and_429s() {
         .bearer_auth(&dev)
         .header("x-keygate-key-id", "SPOOFED000")
         .header("x-keygate-roles", "ADMIN")
+        .header("x-keygate-user-id", "spoofed-user")
         .send()
         .await
         .unwrap();

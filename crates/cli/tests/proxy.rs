@@ -195,6 +195,22 @@ async fn the_proxy_forwards_allowed_requests_and_streams_big_bodies() {
     assert_eq!(h["x-forwarded-for"], json!(["203.0.113.9, 127.0.0.1"]));
     assert_eq!(up.hits.load(Ordering::SeqCst), 1);
 
+    // Upstream connections are pooled and kept alive: sequential requests reuse one.
+    let mut peers = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let seen: Value = client
+            .get(format!("{proxy}/v1/echo"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        peers.insert(seen["peer"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(peers.len(), 1, "one pooled connection: {peers:?}");
+
     // The upstream's status, headers and body pass through untouched.
     let resp = client
         .get(format!("{proxy}/v1/teapot"))
@@ -211,7 +227,7 @@ async fn the_proxy_forwards_allowed_requests_and_streams_big_bodies() {
     assert_eq!(resp.headers()["set-cookie"], "a=b; HttpOnly");
     assert_eq!(
         resp.headers()["x-rate-limit"],
-        "user-hour-lim:3600;user-hour-rem:3598;"
+        "user-hour-lim:3600;user-hour-rem:3593;"
     );
     assert_eq!(resp.text().await.unwrap(), "short and stout");
 
@@ -285,7 +301,7 @@ async fn the_proxy_forwards_allowed_requests_and_streams_big_bodies() {
         .iter()
         .find(|k| k["id"] == admin.key_id.as_str())
         .unwrap();
-    assert_eq!(me["attributes"]["requestCount"], 4, "{me}");
+    assert_eq!(me["attributes"]["requestCount"], 9, "{me}");
     assert!(me["attributes"]["lastUsedDate"].is_string(), "{me}");
 }
 
@@ -315,6 +331,10 @@ async fn an_unreachable_upstream_is_a_502_in_the_error_shape() {
         .unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(
+        resp.headers()["x-rate-limit"],
+        "user-hour-lim:3600;user-hour-rem:3599;"
+    );
     let doc: Value = resp.json().await.unwrap();
     assert_eq!(doc["errors"][0]["status"], "502");
     assert_eq!(doc["errors"][0]["code"], "BAD_GATEWAY");

@@ -68,15 +68,45 @@ impl Gate {
                 token: verified,
                 rate,
             }),
-            Err(rate) => Err(Refused {
-                error: Error::RateLimited(format!(
-                    "Key {} made {} requests in the last hour, its limit; the next request is allowed in {} s.",
-                    verified.key.id,
-                    rate.limit,
-                    rate.retry_after.unwrap_or(1)
-                )),
-                rate: Some(rate),
-            }),
+            Err(rate) => Err(over_limit(&verified, rate)),
         }
+    }
+
+    /// Decides again a request that was just refused, for a gateway that must ask twice to
+    /// show the refusal (nginx `auth_request`): the same checks, but nothing is counted and
+    /// nothing is admitted. `Ok(rate)` means the request would now pass (the state changed
+    /// between the two questions); the caller should answer "retry", never "allowed".
+    pub fn recheck(&self, token: &str, target: &RequestTarget<'_>) -> Result<RateState, Refused> {
+        let verified = self
+            .verifier
+            .verify_credential(token)
+            .map_err(|e| Refused {
+                error: Error::Unauthenticated(e),
+                rate: None,
+            })?;
+        let limit = self.verifier.policy().rate_limit_for(&verified.key.roles);
+        let rate = self.meter.peek(verified.key.id, limit);
+        if let Err(error) = self.verifier.permit(&verified, target) {
+            return Err(Refused {
+                error,
+                rate: Some(rate),
+            });
+        }
+        if rate.remaining == 0 {
+            return Err(over_limit(&verified, rate));
+        }
+        Ok(rate)
+    }
+}
+
+fn over_limit(verified: &VerifiedToken, rate: RateState) -> Refused {
+    Refused {
+        error: Error::RateLimited(format!(
+            "Key {} made {} requests in the last hour, its limit; the next request is allowed in {} s.",
+            verified.key.id,
+            rate.limit,
+            rate.retry_after.unwrap_or(1)
+        )),
+        rate: Some(rate),
     }
 }

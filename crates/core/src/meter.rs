@@ -161,24 +161,25 @@ impl Meter {
     }
 
     /// The state of `key` without counting a request (for refused requests of a known key).
+    /// `retry_after` is set when nothing is left.
     pub fn peek(&self, key: KeyId, limit: u32) -> RateState {
-        let minute = self.clock.now().div_euclid(BUCKET_SECONDS);
-        let shard = self.shard(&key);
-        let used = shard.get(&key).map_or(0, |m| {
-            if minute - m.head >= WINDOW {
-                0
-            } else {
-                // Buckets older than the window are cleared lazily; skip them here.
-                (m.head - (WINDOW - 1)..=m.head)
-                    .filter(|b| *b > minute - WINDOW)
-                    .filter_map(|b| m.counts.get(KeyMeter::slot(b)))
-                    .fold(0u32, |a, c| a.saturating_add(*c))
-            }
-        });
+        let now = self.clock.now();
+        let minute = now.div_euclid(BUCKET_SECONDS);
+        let mut shard = self.shard(&key);
+        let Some(m) = shard.get_mut(&key) else {
+            return RateState {
+                limit,
+                remaining: limit,
+                retry_after: None,
+            };
+        };
+        m.advance(minute);
+        let used = m.used();
+        let remaining = limit.saturating_sub(used);
         RateState {
             limit,
-            remaining: limit.saturating_sub(used),
-            retry_after: None,
+            remaining,
+            retry_after: (remaining == 0).then(|| m.retry_after(now)),
         }
     }
 

@@ -5,14 +5,14 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keygate_core::error::{AuthReason, Error};
-use keygate_core::gate::Admitted;
+use keygate_core::gate::{Admitted, Refused};
 use keygate_core::meter::RateState;
 use keygate_core::scope::RequestTarget;
 use keygate_core::token::VerifiedToken;
 
 use crate::AppState;
 use crate::auth::{Credential, credential};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 /// The prefix of the identity headers; any client-sent header with it is removed.
 pub const IDENTITY_PREFIX: &str = "x-keygate-";
@@ -81,24 +81,58 @@ pub fn check(
     headers: &HeaderMap,
     target: &RequestTarget<'_>,
 ) -> Result<Admitted, Response> {
-    let token = match credential(headers) {
-        Ok(Credential::Token(t)) => t,
-        Ok(Credential::SecretKey(_)) => {
-            return Err(ApiError(Error::auth(
-                AuthReason::UnknownSecretKey,
-                "No secret key matches; secret keys are not enabled on this deployment yet.",
-            ))
-            .into_response());
-        }
-        Err(e) => return Err(ApiError(e).into_response()),
+    let token = token(headers)?;
+    state.gate.check(token, target).map_err(refusal)
+}
+
+/// The header the shipped nginx configuration sets when it asks a second time to show a
+/// refusal (see `docs/gateways/nginx.conf`).
+pub const RECHECK: &str = "x-keygate-recheck";
+
+/// Answers a [`RECHECK`]: the refusal as it stands, spending nothing. Never a `200`: if the
+/// request would now pass, the state changed between nginx's two questions and the client is
+/// asked to retry (`503` with `Retry-After: 1`).
+pub fn recheck(state: &AppState, headers: &HeaderMap, target: &RequestTarget<'_>) -> Response {
+    let token = match token(headers) {
+        Ok(t) => t,
+        Err(refused) => return refused,
     };
-    state.gate.check(token, target).map_err(|refused| {
-        let mut resp = ApiError(refused.error).into_response();
-        if let Some(rate) = &refused.rate {
-            set_rate_headers(resp.headers_mut(), rate);
+    match state.gate.recheck(token, target) {
+        Err(refused) => refusal(refused),
+        Ok(rate) => {
+            let mut resp = crate::error::response(&ErrorBody::new(
+                StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+                "SERVICE_UNAVAILABLE",
+                "The service is temporarily unavailable.",
+                "The decision on this request changed while the gateway was asking; retry it.",
+            ));
+            set_rate_headers(resp.headers_mut(), &rate);
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(1u32));
+            resp
         }
-        resp
-    })
+    }
+}
+
+#[allow(clippy::result_large_err)] // the refusal is the response itself
+fn token(headers: &HeaderMap) -> Result<&str, Response> {
+    match credential(headers) {
+        Ok(Credential::Token(t)) => Ok(t),
+        Ok(Credential::SecretKey(_)) => Err(ApiError(Error::auth(
+            AuthReason::UnknownSecretKey,
+            "No secret key matches; secret keys are not enabled on this deployment yet.",
+        ))
+        .into_response()),
+        Err(e) => Err(ApiError(e).into_response()),
+    }
+}
+
+fn refusal(refused: Refused) -> Response {
+    let mut resp = ApiError(refused.error).into_response();
+    if let Some(rate) = &refused.rate {
+        set_rate_headers(resp.headers_mut(), rate);
+    }
+    resp
 }
 
 /// The forward-auth answer: `200` with identity and rate headers.

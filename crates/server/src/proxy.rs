@@ -15,7 +15,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::http::{StatusCode, Uri};
+use axum::http::{StatusCode, Uri, Version};
 use axum::response::Response;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -90,6 +90,15 @@ async fn forward(
     req: Request,
 ) -> Response {
     let (mut parts, body) = req.into_parts();
+    // A target that cannot be forwarded is refused before anything is counted.
+    let Some(uri) = proxy.upstream_uri(&parts.uri) else {
+        return own_error(
+            StatusCode::BAD_REQUEST,
+            "PARAMETER_ERROR.INVALID",
+            "A parameter has an invalid value.",
+            "The request target cannot be forwarded.",
+        );
+    };
     let target = RequestTarget {
         method: parts.method.as_str(),
         path: parts.uri.path(),
@@ -99,51 +108,61 @@ async fn forward(
         Ok(a) => a,
         Err(refused) => return refused,
     };
-    let Some(uri) = proxy.upstream_uri(&parts.uri) else {
-        return own_error(
-            StatusCode::BAD_REQUEST,
-            "PARAMETER_ERROR.INVALID",
-            "A parameter has an invalid value.",
-            "The request target cannot be forwarded.",
-        );
-    };
 
     let headers = &mut parts.headers;
+    // A chunked body on a method whose body hyper would otherwise send as empty (GET, HEAD)
+    // must stay chunked: the upstream gets the body the client sent.
+    let chunked = headers
+        .get(header::TRANSFER_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
     let original_host = headers.remove(header::HOST);
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove("x-api-key");
     dataplane::set_identity(headers, &admitted.token);
     append_forwarded(headers, peer, original_host);
+    if chunked && !headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
 
     parts.uri = uri;
+    // Always HTTP/1.1 upstream, so connections are kept alive and pooled whatever the client
+    // spoke.
+    parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body);
     let sent = tokio::time::timeout(proxy.timeout, proxy.client.request(upstream_req)).await;
     let mut resp = match sent {
-        Ok(Ok(resp)) => resp.map(Body::new),
+        Ok(Ok(resp)) => {
+            let mut resp = resp.map(Body::new);
+            strip_hop_by_hop(resp.headers_mut());
+            resp
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "upstream request failed");
-            return own_error(
+            own_error(
                 StatusCode::BAD_GATEWAY,
                 "BAD_GATEWAY",
                 "The upstream API could not be reached.",
                 "keygate allowed the request but the upstream did not answer; try again shortly.",
-            );
+            )
         }
         Err(_) => {
             tracing::warn!(
                 timeout_s = proxy.timeout.as_secs(),
                 "upstream response timed out"
             );
-            return own_error(
+            own_error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "GATEWAY_TIMEOUT",
                 "The upstream API did not answer in time.",
                 "keygate allowed the request but the upstream did not send a response in time.",
-            );
+            )
         }
     };
-    strip_hop_by_hop(resp.headers_mut());
+    // The request was admitted (and counted), so every answer says what is left.
     dataplane::set_rate_headers(resp.headers_mut(), &admitted.rate);
     resp
 }
@@ -164,7 +183,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-/// `X-Forwarded-For` (appended), `-Host` and `-Proto`, as an upstream behind a proxy expects.
+/// `X-Forwarded-For` (appended), `-Host` and `-Proto`, as an upstream behind a proxy expects;
+/// `Forwarded` is removed.
 fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<HeaderValue>) {
     let ip = peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -178,7 +198,13 @@ fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<Head
     if let Some(host) = host {
         headers.insert("x-forwarded-host", host);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    // Behind a TLS terminator (the recommended setup) the terminator's `X-Forwarded-Proto`
+    // stands; otherwise the client spoke plain HTTP to keygate.
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    // keygate does not maintain RFC 7239 `Forwarded`; a client's own would be unvouched for.
+    headers.remove(header::FORWARDED);
 }
 
 fn own_error(

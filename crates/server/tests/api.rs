@@ -1219,9 +1219,35 @@ async fn rate_limit_counts_down_then_refuses_until_the_hour_rolls() {
         )
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // nginx's second question (X-Keygate-Recheck) shows the refusal and spends nothing.
+    let recheck = |path: &str| {
+        Request::get(format!("/authz{path}"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header("x-keygate-recheck", "1")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, headers, _) = h.send(recheck("/v1/apps")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    let (status, _, _) = h.send(recheck("/v1/builds")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     // Minute 0 leaves the window: one request's worth comes back.
     h.clock.advance(57 * 60);
     let token = h.token_for(&dev, &signer, json!({}));
+    // A recheck of a request that would now pass never answers 200, and spends nothing.
+    let (status, headers, _) = h
+        .send(
+            Request::get("/authz/v1/apps")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header("x-keygate-recheck", "1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert_eq!(headers["x-rate-limit"], "user-hour-lim:3;user-hour-rem:1;");
     let (status, headers, _) = h.send(authz("/v1/apps", &token)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["x-rate-limit"], "user-hour-lim:3;user-hour-rem:0;");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -265,9 +265,14 @@ pub fn headers_json(h: &HeaderMap) -> Value {
 }
 
 /// Answers with the method, URI and headers it received, as JSON.
-pub async fn echo(State(up): State<Arc<Upstream>>, req: Request) -> Response {
+pub async fn echo(
+    State(up): State<Arc<Upstream>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+) -> Response {
     up.hits.fetch_add(1, Ordering::SeqCst);
     let body = json!({
+        "peer": peer.to_string(),
         "method": req.method().as_str(),
         "uri": req.uri().to_string(),
         "headers": headers_json(req.headers()),
@@ -290,6 +295,13 @@ pub fn echo_routes() -> Router<Arc<Upstream>> {
 pub async fn serve_upstream(app: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
     format!("http://{addr}")
 }

@@ -14,6 +14,12 @@ use crate::error::ApiError;
 use crate::{AppState, dataplane};
 
 fn decide(state: &AppState, headers: &HeaderMap, target: &RequestTarget<'_>) -> Response {
+    if headers
+        .get(dataplane::RECHECK)
+        .is_some_and(|v| v.as_bytes() == b"1")
+    {
+        return dataplane::recheck(state, headers, target);
+    }
     match dataplane::check(state, headers, target) {
         Ok(admitted) => dataplane::allowed_response(&admitted),
         Err(refused) => refused,
