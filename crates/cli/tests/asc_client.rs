@@ -155,14 +155,7 @@ async fn asconnect_lists_apps_through_the_proxy_unchanged() {
     wait_until_accepted(&server, &admin_token).await;
     let dev_id = create_key(&server, &admin_token, &["DEVELOPER"]).await;
     let dev_file = dir.path().join(format!("AuthKey_{dev_id}.p8"));
-    let resp = http()
-        .get(server.url(&format!("/v1/apiKeys/{dev_id}/privateKey")))
-        .bearer_auth(&admin_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    std::fs::write(&dev_file, resp.bytes().await.unwrap()).unwrap();
+    download_key(&server, &admin_token, &dev_id, &dev_file).await;
 
     let env = vec![
         ("KEY_ID", dev_id.clone()),

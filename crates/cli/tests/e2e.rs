@@ -41,28 +41,53 @@ async fn the_whole_key_lifecycle() {
         );
     }
 
+    lifecycle(&server, dir.path(), &[]).await;
+}
+
+/// The same lifecycle on PostgreSQL (a fresh database on `KEYGATE_TEST_POSTGRES`), with the
+/// master key from the environment as every PostgreSQL node has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_key_lifecycle_on_postgres() {
+    let db = keygate_testkit::PgDatabase::create().await;
+    let master = keygate_core::crypto::MasterKey::generate()
+        .unwrap()
+        .to_base64()
+        .to_string();
+    let env = [("KEYGATE_MASTER_KEY", master.as_str())];
+    let (server, printed) = Server::start_on(db.url(), &[], &env);
+    assert!(
+        printed.iter().any(|l| l.contains("created issuer")),
+        "{printed:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    lifecycle(&server, dir.path(), &env).await;
+}
+
+/// Bootstrap, create, download once (CLI, openssl), tokens from two libraries, revoke, audit,
+/// and a log free of secrets.
+async fn lifecycle(server: &Server, dir: &Path, env: &[(&str, &str)]) {
     // 1. Bootstrap an admin key while the server runs; the server accepts it within 2 s.
-    let admin = bootstrap(&server, &dir.path().join("keys"));
+    let admin = bootstrap_env(server, &dir.join("keys"), env);
     let admin_token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
-    wait_until_accepted(&server, &admin_token).await;
+    wait_until_accepted(server, &admin_token).await;
 
     // 2. Create a DEVELOPER key.
-    let key_id = create_key(&server, &admin_token, &["DEVELOPER"]).await;
+    let key_id = create_key(server, &admin_token, &["DEVELOPER"]).await;
 
     // 3. Download the .p8 with the CLI; openssl reads it as P-256. A target file that already
     //    exists stops the CLI before it spends the one download.
-    let keys_dir = dir.path().join("keys");
+    let keys_dir = dir.join("keys");
     let blocker = keys_dir.join(format!("AuthKey_{key_id}.p8"));
     std::fs::write(&blocker, "in the way").unwrap();
     let (ok, _, stderr) = admin_cli(
-        &server,
+        server,
         &admin,
         &["download", &key_id, "--out", keys_dir.to_str().unwrap()],
     );
     assert!(!ok && stderr.contains("cannot create"), "{stderr}");
     std::fs::remove_file(&blocker).unwrap();
     let (ok, _, stderr) = admin_cli(
-        &server,
+        server,
         &admin,
         &["download", &key_id, "--out", keys_dir.to_str().unwrap()],
     );
@@ -127,7 +152,7 @@ async fn the_whole_key_lifecycle() {
     }
 
     // 6. Revoke; the next call gets 401 KEY_REVOKED.
-    let (ok, _, stderr) = admin_cli(&server, &admin, &["revoke", &key_id, "--reason", "e2e"]);
+    let (ok, _, stderr) = admin_cli(server, &admin, &["revoke", &key_id, "--reason", "e2e"]);
     assert!(ok, "keys revoke failed: {stderr}");
     for token in [&cli, &independent] {
         let resp = http()
@@ -138,7 +163,7 @@ async fn the_whole_key_lifecycle() {
             .unwrap();
         assert_eq!(reason(resp).await, (401, "KEY_REVOKED".to_owned()));
     }
-    let (ok, listing, _) = admin_cli(&server, &admin, &["list", "--json"]);
+    let (ok, listing, _) = admin_cli(server, &admin, &["list", "--json"]);
     assert!(ok);
     let listing: Value = serde_json::from_str(&listing).unwrap();
     let revoked = listing

@@ -153,17 +153,8 @@ async fn nginx_auth_request_allows_401s_403s_and_429s() {
     let admin_token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
     wait_until_accepted(&server, &admin_token).await;
     let dev_id = create_key(&server, &admin_token, &["DEVELOPER"]).await;
-    let pem = http()
-        .get(server.url(&format!("/v1/apiKeys/{dev_id}/privateKey")))
-        .bearer_auth(&admin_token)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
     let dev_file = dir.path().join("dev.p8");
-    std::fs::write(&dev_file, &pem).unwrap();
+    download_key(&server, &admin_token, &dev_id, &dev_file).await;
     let dev = cli_token(&dev_file, &dev_id, &admin.issuer);
 
     let nginx_dir = dir.path().join("nginx");

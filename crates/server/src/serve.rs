@@ -63,6 +63,32 @@ pub async fn build(
 
 /// Starts the background tasks of a node.
 pub fn spawn_tasks(state: &AppState, config: &Config) {
+    // Pushed changes (PostgreSQL): applied as they commit, so a revocation on another node
+    // takes effect here within milliseconds. The polling loop below stays as the safety net.
+    if let Some(mut notifier) = keygate_store::ChangeNotifier::for_url(&config.database) {
+        let keys = Arc::clone(&state.keys);
+        tokio::spawn(async move {
+            let mut backoff = std::time::Duration::from_millis(100);
+            loop {
+                let result = match notifier.next().await {
+                    Ok(keygate_store::ChangeEvent::Changed) => keys.sync_keys().await,
+                    Ok(keygate_store::ChangeEvent::Resync) => {
+                        tracing::info!("change listener connected; reloading every key");
+                        keys.reload_keys().await
+                    }
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(_) => backoff = std::time::Duration::from_millis(100),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change listener: verification continues from memory");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
     let keys = Arc::clone(&state.keys);
     let meter = Arc::clone(state.gate.meter());
     let every = config.usage_flush_interval;

@@ -26,6 +26,53 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     )))
 }
 
+/// What woke a node that follows a database's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeEvent {
+    /// Another process committed a change: read the feed.
+    Changed,
+    /// The listening connection was (re)established, and changes may have been missed while it
+    /// was down: reload everything.
+    Resync,
+}
+
+/// Pushes change announcements to a node, for databases that have them (`PostgreSQL`
+/// `LISTEN`/`NOTIFY`; each change's `NOTIFY` is sent in the transaction that makes it). `SQLite`
+/// has none: nodes on a shared file poll the feed.
+#[derive(Debug)]
+pub struct ChangeNotifier {
+    url: String,
+    listener: Option<sqlx::postgres::PgListener>,
+}
+
+impl ChangeNotifier {
+    /// A notifier for `url`, or `None` if that database cannot announce changes.
+    pub fn for_url(url: &str) -> Option<Self> {
+        (url.starts_with("postgres://") || url.starts_with("postgresql://")).then(|| Self {
+            url: url.to_owned(),
+            listener: None,
+        })
+    }
+
+    /// Waits for the next event. An error means the database is unreachable; call again (after
+    /// a pause) to reconnect, which then reports [`ChangeEvent::Resync`].
+    pub async fn next(&mut self) -> Result<ChangeEvent> {
+        let Some(listener) = self.listener.as_mut() else {
+            self.listener = Some(postgres::listen_changes(&self.url).await?);
+            return Ok(ChangeEvent::Resync);
+        };
+        match listener.try_recv().await {
+            Ok(Some(_)) => Ok(ChangeEvent::Changed),
+            // The connection dropped and was re-established: notifications in between are lost.
+            Ok(None) => Ok(ChangeEvent::Resync),
+            Err(e) => {
+                self.listener = None;
+                Err(Error::Unavailable(format!("change listener: {e}")))
+            }
+        }
+    }
+}
+
 /// Creates a folder readable only by its owner (0700), as the data folder must be; an existing
 /// folder is left as it is.
 pub fn create_private_dir(dir: &std::path::Path) -> Result<()> {

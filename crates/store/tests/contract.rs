@@ -22,7 +22,6 @@ use keygate_core::key::{
 use keygate_core::meter::KeyUsage;
 use keygate_core::role::RoleCatalog;
 use keygate_core::store::{Issuer, Store, TakePrivateKey};
-use sqlx::Connection;
 
 const T0: i64 = 1_795_687_200;
 
@@ -768,112 +767,11 @@ backend!(sqlite_backend, sqlite());
 
 /// The `PostgreSQL` server the `postgres_backend` cases run against, as a URL whose user may
 /// `CREATE DATABASE`. Each case gets a fresh database there, dropped when it ends.
-const POSTGRES_ENV: &str = "KEYGATE_TEST_POSTGRES";
-const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-/// Drops a case's database when the case ends, passed or failed.
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        // Drop cannot await, and the case's runtime cannot be blocked on from inside: a thread
-        // with a runtime of its own does the work. FORCE ends the store's pooled connections.
-        let admin_url = self.admin_url.clone();
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                    sqlx::raw_sql(&sql).execute(&mut admin).await?;
-                    admin.close().await
-                })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop the test database {}: {e}", self.name),
-            Err(_) => eprintln!("could not drop the test database {}", self.name),
-        }
-    }
-}
-
-/// `url` with its database (the path) replaced by `database`, keeping any `?query`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(base, query)| (base, Some(query)));
-    let host_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[host_start..].find('/') {
-        Some(slash) => &base[..host_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
-}
-
-/// A store in a new, empty database. Fails (never skips) when the server cannot be reached:
-/// a backend whose cases silently did not run would look like one that passes.
-async fn postgres() -> (PgDatabase, Arc<dyn Store>) {
-    use std::hash::BuildHasher;
-
-    let from_env = std::env::var(POSTGRES_ENV).ok();
-    let admin_url = from_env
-        .clone()
-        .unwrap_or_else(|| POSTGRES_DEFAULT.to_owned());
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .unwrap_or_else(|e| {
-            // The URL itself is not printed: it may hold a password.
-            let which = if from_env.is_some() {
-                format!("the server {POSTGRES_ENV} names")
-            } else {
-                format!("{POSTGRES_DEFAULT} ({POSTGRES_ENV} is not set)")
-            };
-            panic!(
-                "cannot reach PostgreSQL at {which}: {e}\n\
-                 The PostgreSQL store's contract cases need a server. Start one, or set \
-                 {POSTGRES_ENV} to a URL whose user may CREATE DATABASE, such as \
-                 {POSTGRES_DEFAULT}"
-            )
-        });
-    let name = format!(
-        "keygate_test_{:016x}",
-        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
-    );
-    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    // From here on the guard drops the database, even if opening the store fails.
-    let guard = PgDatabase {
-        admin_url: admin_url.clone(),
-        name,
-    };
-    let store = keygate_store::open(&with_database(&admin_url, &guard.name))
-        .await
-        .unwrap();
-    (guard, store)
-}
-
-#[test]
-fn test_database_urls_keep_the_server_and_options() {
-    assert_eq!(
-        with_database("postgres://u:p@h:5432/postgres", "x"),
-        "postgres://u:p@h:5432/x"
-    );
-    assert_eq!(
-        with_database("postgresql://h?sslmode=disable", "x"),
-        "postgresql://h/x?sslmode=disable"
-    );
+/// A store in a new, empty `PostgreSQL` database (see `keygate_testkit`).
+async fn postgres() -> (keygate_testkit::PgDatabase, Arc<dyn Store>) {
+    let db = keygate_testkit::PgDatabase::create().await;
+    let store = keygate_store::open(db.url()).await.unwrap();
+    (db, store)
 }
 
 backend!(postgres_backend, postgres());

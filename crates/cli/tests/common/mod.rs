@@ -35,16 +35,28 @@ impl Server {
         Self::start_with(data, &[], &[])
     }
 
-    /// Starts `keygate serve` with extra flags and environment.
+    /// Starts `keygate serve` on a new `SQLite` file in `data`, with extra flags and environment.
     pub fn start_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let db_url = format!("sqlite://{}/keygate.db", data.display());
+        let (server, printed) = Self::start_on(&db_url, args, env);
+        assert!(
+            printed.iter().any(|l| l.contains("created issuer")),
+            "first start prints the issuer ID: {printed:?}"
+        );
+        server
+    }
+
+    /// Starts `keygate serve` on any database URL; also returns what it printed before
+    /// listening.
+    pub fn start_on(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> (Self, Vec<String>) {
+        let db_url = db_url.to_owned();
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--database", &db_url])
             .args(args)
             .env("KEYGATE_LOG", "trace")
             .env("KEYGATE_SYNC_INTERVAL", "100ms")
-            .envs(env.iter().copied())
             .env_remove("KEYGATE_MASTER_KEY")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -86,17 +98,16 @@ impl Server {
             }
             printed.push(line);
         };
-        assert!(
-            printed.iter().any(|l| l.contains("created issuer")),
-            "first start prints the issuer ID: {printed:?}"
-        );
-        Self {
-            child,
-            base,
-            proxy,
-            log,
-            db_url,
-        }
+        (
+            Self {
+                child,
+                base,
+                proxy,
+                log,
+                db_url,
+            },
+            printed,
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -112,9 +123,15 @@ impl Drop for Server {
 }
 
 pub fn keygate(args: &[&str]) -> (bool, String, String) {
+    keygate_env(args, &[])
+}
+
+/// Runs the CLI with extra environment (`KEYGATE_MASTER_KEY` for a `PostgreSQL` database).
+pub fn keygate_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .env_remove("KEYGATE_MASTER_KEY")
+        .envs(env.iter().copied())
         .output()
         .expect("run keygate");
     (
@@ -131,14 +148,21 @@ pub struct Admin {
 }
 
 pub fn bootstrap(server: &Server, out: &Path) -> Admin {
-    let (ok, stdout, stderr) = keygate(&[
-        "admin",
-        "bootstrap",
-        "--database",
-        &server.db_url,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    bootstrap_env(server, out, &[])
+}
+
+pub fn bootstrap_env(server: &Server, out: &Path, env: &[(&str, &str)]) -> Admin {
+    let (ok, stdout, stderr) = keygate_env(
+        &[
+            "admin",
+            "bootstrap",
+            "--database",
+            &server.db_url,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        env,
+    );
     assert!(ok, "bootstrap failed: {stderr}");
     let v: Value = serde_json::from_str(stdout.trim()).expect("bootstrap prints one JSON object");
     let key_file = PathBuf::from(v["privateKeyPath"].as_str().unwrap());
@@ -304,4 +328,41 @@ pub async fn serve_upstream(app: Router) -> String {
         .unwrap();
     });
     format!("http://{addr}")
+}
+
+/// Downloads a new key's `.p8` through the API into `path`.
+pub async fn download_key(server: &Server, admin_token: &str, key_id: &str, path: &Path) {
+    let resp = http()
+        .get(server.url(&format!("/v1/apiKeys/{key_id}/privateKey")))
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    std::fs::write(path, resp.bytes().await.unwrap()).unwrap();
+}
+
+/// Revokes a key through the API.
+pub async fn revoke_key(server: &Server, admin_token: &str, key_id: &str) -> reqwest::Response {
+    http()
+        .patch(server.url(&format!("/v1/apiKeys/{key_id}")))
+        .bearer_auth(admin_token)
+        .json(
+            &json!({"data": {"type": "apiKeys", "id": key_id, "attributes": {"isActive": false}}}),
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The status `/authz/{path}` gives a token on a server.
+pub async fn authz_status(server: &Server, token: &str, path: &str) -> u16 {
+    http()
+        .get(server.url(&format!("/authz{path}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
