@@ -21,11 +21,13 @@ use crate::store::ChangeFeed;
 pub struct VerifyingKey {
     pub id: KeyId,
     pub issuer_id: IssuerId,
-    /// The issuer ID as text, compared against the `iss` claim.
-    pub issuer_text: String,
+    /// The issuer ID as text, compared against the `iss` claim; shared by the issuer's keys.
+    pub issuer_text: Arc<str>,
     pub key_type: KeyType,
     pub algorithm: Algorithm,
-    public: UnparsedPublicKey<Vec<u8>>,
+    /// The raw public key, inline (65 bytes for P-256, 32 for Ed25519): no allocation per key.
+    public: [u8; PUBLIC_KEY_MAX],
+    public_len: u8,
     pub roles: RoleSet,
     pub revoked: bool,
     pub expires_at: Option<UnixTime>,
@@ -33,24 +35,46 @@ pub struct VerifyingKey {
     pub usable: bool,
 }
 
+/// The longest raw public key (an uncompressed P-256 point).
+const PUBLIC_KEY_MAX: usize = 65;
+
 impl VerifyingKey {
     pub fn from_key(key: &ApiKey) -> Self {
-        let alg: &'static dyn VerificationAlgorithm = match key.algorithm {
-            Algorithm::Es256 => &ECDSA_P256_SHA256_FIXED,
-            Algorithm::EdDsa => &ED25519,
-        };
+        Self::with_issuer_text(key, Arc::from(key.issuer_id.to_string()))
+    }
+
+    /// Like [`from_key`](Self::from_key), sharing an issuer text already made.
+    fn with_issuer_text(key: &ApiKey, issuer_text: Arc<str>) -> Self {
+        let mut public = [0u8; PUBLIC_KEY_MAX];
+        let stored = key.public_key.as_slice();
+        // A stored key of an impossible length is kept unusable rather than trusted.
+        let fits = stored.len() <= PUBLIC_KEY_MAX;
+        if let Some(slot) = public.get_mut(..stored.len()).filter(|_| fits) {
+            slot.copy_from_slice(stored);
+        }
         Self {
             id: key.id,
             issuer_id: key.issuer_id,
-            issuer_text: key.issuer_id.to_string(),
+            issuer_text,
             key_type: key.key_type,
             algorithm: key.algorithm,
-            public: UnparsedPublicKey::new(alg, key.public_key.clone()),
+            public,
+            public_len: if fits {
+                u8::try_from(stored.len()).unwrap_or(0)
+            } else {
+                0
+            },
             roles: key.roles.clone(),
             revoked: key.is_revoked(),
             expires_at: key.expires_at,
-            usable: !matches!(key.private_key, PrivateKeyState::Erased(_)),
+            usable: fits && !matches!(key.private_key, PrivateKeyState::Erased(_)),
         }
+    }
+
+    fn public_key(&self) -> &[u8] {
+        self.public
+            .get(..usize::from(self.public_len))
+            .unwrap_or(&[])
     }
 
     /// Whether two entries say exactly the same about a key.
@@ -63,12 +87,18 @@ impl VerifyingKey {
             && self.revoked == other.revoked
             && self.expires_at == other.expires_at
             && self.usable == other.usable
-            && self.public.as_ref() == other.public.as_ref()
+            && self.public_key() == other.public_key()
     }
 
-    /// Checks a raw signature over `message`.
+    /// Checks a raw signature over `message` with the algorithm the key is pinned to.
     pub fn verify_signature(&self, message: &[u8], signature: &[u8]) -> bool {
-        self.public.verify(message, signature).is_ok()
+        let alg: &'static dyn VerificationAlgorithm = match self.algorithm {
+            Algorithm::Es256 => &ECDSA_P256_SHA256_FIXED,
+            Algorithm::EdDsa => &ED25519,
+        };
+        UnparsedPublicKey::new(alg, self.public_key())
+            .verify(message, signature)
+            .is_ok()
     }
 }
 
@@ -185,12 +215,19 @@ impl KeyRing {
             by_shard.entry(shard_of(&k.id)).or_default().push(k);
         }
         let mut added = 0usize;
+        // One issuer-ID text per issuer per batch, shared by its keys.
+        let mut issuer_texts: HashMap<IssuerId, Arc<str>> = HashMap::new();
         for (i, batch) in by_shard {
             let slot = self.shard(i);
             let mut map: Shard = slot.load().as_ref().clone();
             for k in batch {
                 let old = map.get(&k.id);
-                let fresh = merge_final_states(VerifyingKey::from_key(k), old);
+                let text = Arc::clone(
+                    issuer_texts
+                        .entry(k.issuer_id)
+                        .or_insert_with(|| Arc::from(k.issuer_id.to_string())),
+                );
+                let fresh = merge_final_states(VerifyingKey::with_issuer_text(k, text), old);
                 // An unchanged key keeps its entry, so cached verifications of its tokens stay
                 // valid across a full reload (the cache trusts an entry only while it is the
                 // ring's current one).
@@ -213,9 +250,15 @@ impl KeyRing {
 impl KeyRing {
     /// Loads every key (start-up, or after losing the feed). Returns how many there are.
     pub async fn reload_from(&self, feed: &dyn ChangeFeed) -> Result<usize> {
-        let (seq, keys) = feed.load_all_keys().await?;
-        self.replace_all(&keys, seq);
-        Ok(keys.len())
+        let mut count = 0;
+        let seq = feed
+            .load_all_keys(&mut |batch| {
+                count += batch.len();
+                self.merge(&batch, 0);
+            })
+            .await?;
+        self.seq.fetch_max(seq, Ordering::AcqRel);
+        Ok(count)
     }
 
     /// Applies what changed since the snapshot's position. Returns how many keys changed.

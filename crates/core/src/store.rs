@@ -107,11 +107,16 @@ pub trait KeyStore: Send + Sync {
     async fn record_usage(&self, usage: &[KeyUsage]) -> Result<()>;
 }
 
+/// Keys per batch of [`ChangeFeed::load_all_keys`].
+pub const LOAD_BATCH: usize = 20_000;
+
 /// What a node needs to keep its in-memory verification state current.
 #[async_trait]
 pub trait ChangeFeed: Send + Sync {
-    /// Every key, with the change-feed position the list is consistent with.
-    async fn load_all_keys(&self) -> Result<(i64, Vec<ApiKey>)>;
+    /// Every key, read in one consistent snapshot and handed to `each_batch` in batches of at
+    /// most [`LOAD_BATCH`] (so a million keys never sit in memory twice); returns the
+    /// change-feed position the snapshot is consistent with.
+    async fn load_all_keys(&self, each_batch: &mut (dyn FnMut(Vec<ApiKey>) + Send)) -> Result<i64>;
     /// Keys changed after position `seq`, in order, at most `limit`: `(position, key)`.
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<(i64, KeyId)>>;
     /// The current state of the given keys (any issuer).

@@ -317,7 +317,7 @@ pub(crate) fn verify_credential(
                 ));
             }
             match iss {
-                Some(i) if i == key.issuer_text => {}
+                Some(i) if i == &*key.issuer_text => {}
                 Some(i) => {
                     return Err(fail(
                         AuthReason::WrongIssuer,

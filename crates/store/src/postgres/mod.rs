@@ -22,6 +22,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::TryStreamExt as _;
 use keygate_core::audit::AuditAction;
 use keygate_core::audit::{AuditEvent, NewAuditEvent};
 use keygate_core::clock::UnixTime;
@@ -31,8 +32,8 @@ use keygate_core::ids::{Actor, IssuerId, KeyId};
 use keygate_core::key::{ApiKey, KeyQuery, KeyType, Page, PrivateKeyState, StatusFilter};
 use keygate_core::meter::KeyUsage;
 use keygate_core::store::{
-    AuditStore, ChangeFeed, DeploymentStore, Issuer, IssuerStore, KeyStore, OpenSealed, Store,
-    TakePrivateKey,
+    AuditStore, ChangeFeed, DeploymentStore, Issuer, IssuerStore, KeyStore, LOAD_BATCH, OpenSealed,
+    Store, TakePrivateKey,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
@@ -697,7 +698,7 @@ impl KeyStore for PostgresStore {
 
 #[async_trait]
 impl ChangeFeed for PostgresStore {
-    async fn load_all_keys(&self) -> Result<(i64, Vec<ApiKey>)> {
+    async fn load_all_keys(&self, each_batch: &mut (dyn FnMut(Vec<ApiKey>) + Send)) -> Result<i64> {
         // One snapshot for both reads (READ COMMITTED would take one per statement): the list
         // and the position describe the same moment. Feed positions become visible in order
         // (see `FeedLock`), so every change up to the position is in the list.
@@ -710,13 +711,27 @@ impl ChangeFeed for PostgresStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
-        let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys"))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        // Rows are turned into keys as they stream in and handed over in batches: memory
+        // holds one batch, not the whole table twice.
+        let select = format!("SELECT {KEY_COLUMNS} FROM api_keys");
+        {
+            let mut rows = sqlx::query(&select).fetch(&mut *tx);
+            let mut batch = Vec::with_capacity(LOAD_BATCH);
+            while let Some(row) = rows.try_next().await.map_err(db_err)? {
+                batch.push(key_from_row(&row)?);
+                if batch.len() == LOAD_BATCH {
+                    each_batch(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(LOAD_BATCH),
+                    ));
+                }
+            }
+            if !batch.is_empty() {
+                each_batch(batch);
+            }
+        }
         tx.commit().await.map_err(db_err)?;
-        let keys = rows.iter().map(key_from_row).collect::<Result<_>>()?;
-        Ok((seq, keys))
+        Ok(seq)
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<(i64, KeyId)>> {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::TryStreamExt as _;
 use keygate_core::audit::AuditAction;
 use keygate_core::audit::{AuditEvent, NewAuditEvent};
 use keygate_core::clock::UnixTime;
@@ -22,8 +23,8 @@ use keygate_core::ids::{Actor, IssuerId, KeyId};
 use keygate_core::key::{ApiKey, KeyQuery, KeyType, Page, PrivateKeyState, StatusFilter};
 use keygate_core::meter::KeyUsage;
 use keygate_core::store::{
-    AuditStore, ChangeFeed, DeploymentStore, Issuer, IssuerStore, KeyStore, OpenSealed, Store,
-    TakePrivateKey,
+    AuditStore, ChangeFeed, DeploymentStore, Issuer, IssuerStore, KeyStore, LOAD_BATCH, OpenSealed,
+    Store, TakePrivateKey,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
@@ -675,20 +676,34 @@ impl KeyStore for SqliteStore {
 
 #[async_trait]
 impl ChangeFeed for SqliteStore {
-    async fn load_all_keys(&self) -> Result<(i64, Vec<ApiKey>)> {
+    async fn load_all_keys(&self, each_batch: &mut (dyn FnMut(Vec<ApiKey>) + Send)) -> Result<i64> {
         // One read transaction: the list and the position describe the same snapshot.
         let mut tx = self.reader.begin().await.map_err(db_err)?;
         let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
             .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
-        let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys"))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        // Rows are turned into keys as they stream in and handed over in batches: memory
+        // holds one batch, not the whole table twice.
+        let select = format!("SELECT {KEY_COLUMNS} FROM api_keys");
+        {
+            let mut rows = sqlx::query(&select).fetch(&mut *tx);
+            let mut batch = Vec::with_capacity(LOAD_BATCH);
+            while let Some(row) = rows.try_next().await.map_err(db_err)? {
+                batch.push(key_from_row(&row)?);
+                if batch.len() == LOAD_BATCH {
+                    each_batch(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(LOAD_BATCH),
+                    ));
+                }
+            }
+            if !batch.is_empty() {
+                each_batch(batch);
+            }
+        }
         tx.commit().await.map_err(db_err)?;
-        let keys = rows.iter().map(key_from_row).collect::<Result<_>>()?;
-        Ok((seq, keys))
+        Ok(seq)
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<(i64, KeyId)>> {
