@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HTTP load test, one command, bounded in time and count. Everything runs on loopback:
 #
-#   bare         keygate's own HTTP stack answering 200 without checking anything
+#   bare         keygate's own HTTP stack answering 200 without checking anything, sent the
+#                same requests (Authorization header included)
 #                (crates/server/examples/bare.rs)
 #   keygate      /authz/v1/apps with one reused token, then with a fresh token per request
 #   jose peer    Node.js + jose, one worker per core, doing the same checks (kid, ES256, iss,
@@ -78,7 +79,7 @@ wait_http "http://127.0.0.1:$PEER/"
 run() {
   local name=$1 url=$2; shift 2
   local out
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url")
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" "$@")
   local rps p50 p99 bad
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
@@ -91,7 +92,7 @@ run() {
 
 echo
 echo "$(date -u +%F) $(nproc) cores; wrk -t$THREADS -c$CONNECTIONS -d$DURATION; load generator and servers share the machine"
-run bare "http://$BARE/v1/apps"
+run bare "http://$BARE/v1/apps" -H "Authorization: Bearer $reused"
 run keygate-reused "http://$KG/authz/v1/apps" -H "Authorization: Bearer $reused"
 run keygate-fresh "http://$KG/authz/v1/apps" -s bench/fresh.lua -- "$work/fresh.txt" "$THREADS"
 run jose-reused "http://127.0.0.1:$PEER/v1/apps" -H "Authorization: Bearer $reused"

@@ -108,7 +108,7 @@ pub trait KeyStore: Send + Sync {
 }
 
 /// Keys per batch of [`ChangeFeed::load_all_keys`].
-pub const LOAD_BATCH: usize = 20_000;
+pub const LOAD_BATCH: usize = 100_000;
 
 /// What a node needs to keep its in-memory verification state current.
 #[async_trait]

@@ -57,15 +57,18 @@ pub fn app(state: AppState) -> Router {
             get(keys::download_private_key),
         )
         .layer(middleware::from_fn(no_store));
-    Router::new()
+    let pages = Router::new()
         .nest("/v1", v1)
-        .route("/authz", any(authz::authz_headers))
-        .route("/authz/{*path}", any(authz::authz_path))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(security_headers));
+    // Forward auth is the hot path: no middleware; it sets its own static headers.
+    Router::new()
+        .route("/authz", any(authz::authz_headers))
+        .route("/authz/{*path}", any(authz::authz_path))
+        .merge(pages)
         .with_state(state)
 }
 
@@ -95,18 +98,29 @@ async fn no_store(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn security_headers(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let started = std::time::Instant::now();
-    let mut resp = next.run(req).await;
-    let h = resp.headers_mut();
+/// `nosniff` and frame denial on every page and API answer.
+pub fn set_security_headers(h: &mut axum::http::HeaderMap) {
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    // The path only: never headers or query strings, which may carry credentials.
-    tracing::debug!(%method, path = %path.chars().take(200).collect::<String>(), status = resp.status().as_u16(), micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "request");
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    // The request log costs a copy of the path and a clock read; only when it is on.
+    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        (
+            req.method().clone(),
+            req.uri().path().chars().take(200).collect::<String>(),
+            std::time::Instant::now(),
+        )
+    });
+    let mut resp = next.run(req).await;
+    set_security_headers(resp.headers_mut());
+    if let Some((method, path, started)) = logged {
+        // The path only: never headers or query strings, which may carry credentials.
+        tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "request");
+    }
     resp
 }

@@ -2,9 +2,8 @@
 //! and path) and `ANY /authz` (nginx `auth_request` with `X-Original-Method`/`X-Original-URI`,
 //! Traefik `ForwardAuth` with `X-Forwarded-Method`/`X-Forwarded-Uri`).
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use keygate_core::error::Error;
 use keygate_core::scope::RequestTarget;
@@ -14,16 +13,19 @@ use crate::error::ApiError;
 use crate::{AppState, dataplane};
 
 fn decide(state: &AppState, headers: &HeaderMap, target: &RequestTarget<'_>) -> Response {
-    if headers
+    let mut resp = if headers
         .get(dataplane::RECHECK)
         .is_some_and(|v| v.as_bytes() == b"1")
     {
-        return dataplane::recheck(state, headers, target);
-    }
-    match dataplane::check(state, headers, target) {
-        Ok(admitted) => dataplane::allowed_response(&admitted),
-        Err(refused) => refused,
-    }
+        dataplane::recheck(state, headers, target)
+    } else {
+        match dataplane::check(state, headers, target) {
+            Ok(admitted) => dataplane::allowed_response(&admitted),
+            Err(refused) => refused,
+        }
+    };
+    crate::set_security_headers(resp.headers_mut());
+    resp
 }
 
 /// Reads one gateway's pair of original-request headers: `None` if neither is present, an error
@@ -68,21 +70,22 @@ fn header_pair<'h>(
 /// must describe the same request; otherwise the request is refused rather than guessed at.
 pub async fn authz_headers(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    req: Request,
 ) -> Result<Response, ApiError> {
+    let headers = req.headers();
     // With a configured gateway, only its pair counts and the other is ignored entirely.
     let (nginx, traefik) = match state.forward_auth_headers {
         ForwardAuthHeaders::Nginx => (
-            header_pair(&headers, "x-original-method", "x-original-uri")?,
+            header_pair(headers, "x-original-method", "x-original-uri")?,
             None,
         ),
         ForwardAuthHeaders::Traefik => (
             None,
-            header_pair(&headers, "x-forwarded-method", "x-forwarded-uri")?,
+            header_pair(headers, "x-forwarded-method", "x-forwarded-uri")?,
         ),
         ForwardAuthHeaders::Auto => (
-            header_pair(&headers, "x-original-method", "x-original-uri")?,
-            header_pair(&headers, "x-forwarded-method", "x-forwarded-uri")?,
+            header_pair(headers, "x-original-method", "x-original-uri")?,
+            header_pair(headers, "x-forwarded-method", "x-forwarded-uri")?,
         ),
     };
     let (method, uri) = match (nginx, traefik) {
@@ -118,24 +121,20 @@ pub async fn authz_headers(
     }
     Ok(decide(
         &state,
-        &headers,
+        headers,
         &RequestTarget::from_uri(&method, &origin_form),
     ))
 }
 
 /// `ANY /authz/{path...}`: the request's own method and path, minus the `/authz` prefix.
-pub async fn authz_path(
-    State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    _body: Body,
-) -> Response {
+/// Takes the request whole: separate `HeaderMap`/`Uri` extractors would copy them on every call.
+pub async fn authz_path(State(state): State<AppState>, req: Request) -> Response {
+    let uri = req.uri();
     let path = uri.path().strip_prefix("/authz").unwrap_or("/");
     let target = RequestTarget {
-        method: method.as_str(),
+        method: req.method().as_str(),
         path,
         query: uri.query().unwrap_or(""),
     };
-    decide(&state, &headers, &target)
+    decide(&state, req.headers(), &target)
 }
