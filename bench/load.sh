@@ -65,7 +65,6 @@ sleep 0.5 # the server picks the bootstrapped key up from the change feed
 reused=$("$bin/keygate" token --key "$p8" --key-id "$kid" --issuer-id "$issuer" --lifetime 20m)
 echo "load: minting $FRESH_TOKENS fresh tokens"
 "$bin/examples/mint_tokens" "$p8" "$kid" "$issuer" "$FRESH_TOKENS" >"$work/fresh.txt"
-export FRESH_FILE="$work/fresh.txt"
 openssl pkey -in "$p8" -pubout -out "$work/public.pem" 2>/dev/null
 
 "$bin/examples/bare" "$BARE" >/dev/null 2>&1 &
@@ -85,7 +84,7 @@ run() {
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   bad=$(awk '/Non-2xx or 3xx responses:/ {print $5}' <<<"$out")
-  grep -q WARNING <<<"$out" && grep WARNING <<<"$out"
+  if grep -q WARNING <<<"$out"; then grep WARNING <<<"$out" >&2; exit 1; fi
   printf "%-26s %12s req/s   p50 %9s   p99 %9s   %s\n" "$name" "$rps" "$p50" "$p99" "${bad:+($bad non-2xx!)}"
   echo "$rps" >"$work/$name.rps"
 }

@@ -219,7 +219,16 @@ impl KeyRing {
         let mut issuer_texts: HashMap<IssuerId, Arc<str>> = HashMap::new();
         for (i, batch) in by_shard {
             let slot = self.shard(i);
-            let mut map: Shard = slot.load().as_ref().clone();
+            let current = slot.load_full();
+            // Unchanged keys keep their entries; a shard with nothing new is not copied.
+            if batch.iter().all(|k| {
+                current.get(&k.id).is_some_and(|o| {
+                    o.same_state(&merge_final_states(VerifyingKey::from_key(k), Some(o)))
+                })
+            }) {
+                continue;
+            }
+            let mut map: Shard = current.as_ref().clone();
             for k in batch {
                 let old = map.get(&k.id);
                 let text = Arc::clone(
@@ -344,10 +353,11 @@ mod tests {
         ring.replace_all(&keys, 8);
         assert!(ring.get(&keys[1].id).unwrap().revoked);
         assert_eq!(ring.len(), 5000);
-        // Other keys' entries are untouched.
-        assert!(Arc::ptr_eq(
-            &ring.get(&keys[2].id).unwrap(),
-            &ring.get(&keys[2].id).unwrap()
-        ));
+        // Other keys' entries are untouched by a change to one key.
+        let other = ring.get(&keys[2].id).unwrap();
+        let mut revoked_again = keys[3].clone();
+        revoked_again.revoked_at = Some(2);
+        ring.apply(&[revoked_again], 9);
+        assert!(Arc::ptr_eq(&other, &ring.get(&keys[2].id).unwrap()));
     }
 }

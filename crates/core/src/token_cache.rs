@@ -12,9 +12,11 @@
 //!   all, replaces that entry), and that entry is active. A revoked key's token is therefore
 //!   refused on the very next request.
 //!
-//! The cache is bounded: each of its shards holds at most `capacity / SHARDS` entries. A full
-//! shard first drops its expired entries, then an arbitrary one (the map's iteration order,
-//! which is randomized per process), so a flood of distinct tokens cannot grow memory.
+//! The cache is bounded: each of its shards holds at most `capacity / SHARDS` entries, and
+//! tokens over [`MAX_CACHED_TOKEN_BYTES`] are never cached, so memory is bounded in bytes. A full
+//! shard gives up an expired entry if it finds one among the first few, else an arbitrary one
+//! (the map's iteration order is randomized per process), so a flood of distinct tokens cannot
+//! grow memory.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -25,6 +27,11 @@ use crate::keyset::KeyRing;
 use crate::token::VerifiedToken;
 
 const SHARDS: usize = 64;
+
+/// Tokens longer than this are verified every time, never cached, so the cache's memory is
+/// bounded in bytes (entries × this), not just in entries. Real clients' tokens are 300–600
+/// bytes.
+pub const MAX_CACHED_TOKEN_BYTES: usize = 1024;
 
 #[derive(Debug)]
 struct Entry {
@@ -101,7 +108,7 @@ impl TokenCache {
         valid_until: UnixTime,
         now: UnixTime,
     ) {
-        if self.per_shard == 0 || valid_until <= now {
+        if self.per_shard == 0 || valid_until <= now || token.len() > MAX_CACHED_TOKEN_BYTES {
             return;
         }
         let hash = self.hash(token);
@@ -109,11 +116,16 @@ impl TokenCache {
             .shard(hash)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        // A full shard gives up one entry: an expired one if the first few looked at are, else
+        // an arbitrary one. Never a scan of the whole shard under the write lock.
         if shard.len() >= self.per_shard && !shard.contains_key(&hash) {
-            shard.retain(|_, e| e.valid_until > now);
-            if shard.len() >= self.per_shard
-                && let Some(victim) = shard.keys().next().copied()
-            {
+            let victim = shard
+                .iter()
+                .take(8)
+                .find(|(_, e)| e.valid_until <= now)
+                .or_else(|| shard.iter().next())
+                .map(|(k, _)| *k);
+            if let Some(victim) = victim {
                 shard.remove(&victim);
             }
         }

@@ -69,11 +69,18 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
         let keys = Arc::clone(&state.keys);
         tokio::spawn(async move {
             let mut backoff = std::time::Duration::from_millis(100);
+            // The ring was loaded just before; the first connection only needs what changed
+            // since (a second full load at start-up would double its cost).
+            let mut first = true;
             loop {
                 let result = match notifier.next().await {
                     Ok(keygate_store::ChangeEvent::Changed) => keys.sync_keys().await,
+                    Ok(keygate_store::ChangeEvent::Resync) if first => {
+                        first = false;
+                        keys.sync_keys().await
+                    }
                     Ok(keygate_store::ChangeEvent::Resync) => {
-                        tracing::info!("change listener connected; reloading every key");
+                        tracing::info!("change listener reconnected; reloading every key");
                         keys.reload_keys().await
                     }
                     Err(e) => Err(e),

@@ -68,7 +68,16 @@ impl PostgresStore {
     pub async fn open(url: &str) -> Result<Self> {
         // The error names what is wrong with the URL, never the URL (it may hold a password).
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| Error::body(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| Error::body(format!("invalid PostgreSQL URL: {e}")))?
+            // A node that stalls (or is cut off) inside a transaction must not hold the feed
+            // lock, and so every node's writes, for the hours TCP keepalive would take: waits
+            // for a lock, statements, and idle transactions are bounded, and a timed-out
+            // write answers 503 (see `rows::BUSY_STATES`).
+            .options([
+                ("lock_timeout", "5s"),
+                ("statement_timeout", "30s"),
+                ("idle_in_transaction_session_timeout", "15s"),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .min_connections(0)

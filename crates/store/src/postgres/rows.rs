@@ -10,8 +10,9 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 /// Error codes (`SQLSTATE`) that mean "the server cannot take this right now; try again": lock and
-/// serialization conflicts, and a standby refusing writes (after a failover).
-const BUSY_STATES: &[&str] = &["40001", "40P01", "55P03", "25006"];
+/// serialization conflicts, a standby refusing writes (after a failover), and the session
+/// timeouts the store sets (statement cancelled, idle transaction ended).
+const BUSY_STATES: &[&str] = &["40001", "40P01", "55P03", "25006", "57014", "25P03"];
 
 /// Error codes (or, ending in `*`, classes of codes) that mean the server is going away or
 /// cannot be reached: connection exceptions, shutdown, too many connections.
