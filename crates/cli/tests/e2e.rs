@@ -454,3 +454,43 @@ fn check_config_prints_what_it_understood_and_names_bad_keys() {
         "{stderr}"
     );
 }
+
+/// `keygate audit verify` walks the chain from the database and names the first broken link:
+/// an event altered behind keygate's back (the append-only trigger dropped first) is caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_names_the_first_broken_link() {
+    use sqlx::Connection as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let admin = bootstrap(&server, &dir.path().join("keys"));
+    let admin_token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
+    wait_until_accepted(&server, &admin_token).await;
+    for _ in 0..3 {
+        create_key(&server, &admin_token, &["DEVELOPER"]).await;
+    }
+    let verify = || keygate(&["audit", "verify", "--database", &server.db_url]);
+    let (ok, stdout, stderr) = verify();
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("audit chain intact: 5 events"), "{stdout}");
+
+    let mut db = sqlx::SqliteConnection::connect(&server.db_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "DROP TRIGGER audit_events_no_update; \
+         UPDATE audit_events SET actor = 'system:nobody' WHERE seq = 3;",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    let (ok, _, stderr) = verify();
+    assert!(!ok);
+    assert!(
+        stderr.contains("BROKEN")
+            && stderr.contains("event #3")
+            && stderr.contains("2 events before it verified"),
+        "{stderr}"
+    );
+}

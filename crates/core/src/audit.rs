@@ -119,3 +119,112 @@ pub struct AuditEvent {
     pub event: NewAuditEvent,
     pub hash: Vec<u8>,
 }
+
+/// Where an audit chain stops holding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokenLink {
+    /// Positions are missing: events were deleted, or a write was lost.
+    #[error("events are missing between #{after} and #{next}")]
+    Gap { after: i64, next: i64 },
+    /// The stored hash is not the hash of this event's contents and the event before it: the
+    /// event, or one before it, was changed, or the first events were removed.
+    #[error("event #{seq} does not match its hash (it, or the chain before it, was altered)")]
+    HashMismatch { seq: i64 },
+}
+
+/// Walks the chain in order, an event at a time (so a long log need not be in memory).
+#[derive(Debug, Default)]
+pub struct ChainVerifier {
+    prev: Option<(i64, Vec<u8>)>,
+    count: u64,
+}
+
+impl ChainVerifier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks the next event; the first broken link is an error.
+    pub fn push(&mut self, e: &AuditEvent) -> Result<(), BrokenLink> {
+        let prev_hash: &[u8] = match &self.prev {
+            Some((seq, hash)) => {
+                if e.seq != seq + 1 {
+                    return Err(BrokenLink::Gap {
+                        after: *seq,
+                        next: e.seq,
+                    });
+                }
+                hash
+            }
+            None => &[],
+        };
+        if e.event.chain_hash(e.seq, prev_hash) != e.hash {
+            return Err(BrokenLink::HashMismatch { seq: e.seq });
+        }
+        self.prev = Some((e.seq, e.hash.clone()));
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Events checked so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The position of the last event checked.
+    pub fn last_seq(&self) -> Option<i64> {
+        self.prev.as_ref().map(|(seq, _)| *seq)
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+    use crate::ids::{Actor, IssuerId};
+
+    fn chain(n: i64) -> Vec<AuditEvent> {
+        let issuer = IssuerId::generate();
+        let mut prev: Vec<u8> = Vec::new();
+        (1..=n)
+            .map(|seq| {
+                let event = NewAuditEvent::new(
+                    issuer,
+                    1_800_000_000 + seq,
+                    &Actor::System("test"),
+                    AuditAction::KeyCreated,
+                    format!("K{seq:09}"),
+                );
+                let hash = event.chain_hash(seq, &prev);
+                prev.clone_from(&hash);
+                AuditEvent { seq, event, hash }
+            })
+            .collect()
+    }
+
+    fn verify(events: &[AuditEvent]) -> Result<u64, BrokenLink> {
+        let mut v = ChainVerifier::new();
+        for e in events {
+            v.push(e)?;
+        }
+        Ok(v.count())
+    }
+
+    #[test]
+    fn the_first_broken_link_is_named() {
+        let good = chain(5);
+        assert_eq!(verify(&good), Ok(5));
+        let mut altered = good.clone();
+        altered[2].event.target = "tampered".into();
+        assert_eq!(verify(&altered), Err(BrokenLink::HashMismatch { seq: 3 }));
+        let mut gap = good.clone();
+        gap.remove(3);
+        assert_eq!(verify(&gap), Err(BrokenLink::Gap { after: 3, next: 5 }));
+        // Dropping the head is caught too: the new first event chained to a hash now missing.
+        assert_eq!(verify(&good[1..]), Err(BrokenLink::HashMismatch { seq: 2 }));
+        // Rewriting one event's hash to match its new contents breaks the next link.
+        let mut rehashed = good.clone();
+        rehashed[2].event.target = "tampered".into();
+        rehashed[2].hash = rehashed[2].event.chain_hash(3, &good[1].hash);
+        assert_eq!(verify(&rehashed), Err(BrokenLink::HashMismatch { seq: 4 }));
+    }
+}

@@ -132,6 +132,10 @@ pub trait AuditStore: Send + Sync {
         before_seq: Option<i64>,
         limit: u32,
     ) -> Result<Page<AuditEvent>>;
+
+    /// The whole deployment's chain in order: events after position `after_seq`, at most
+    /// `limit` (for `keygate audit verify`).
+    async fn audit_chain(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>>;
 }
 
 /// Deployment-wide settings.

@@ -703,6 +703,24 @@ async fn the_audit_log_is_chained(store: Arc<dyn Store>) {
     }
     let first = page.items.last().unwrap();
     assert_eq!(first.event.chain_hash(first.seq, &[]), first.hash);
+    // The deployment-wide chain, in order and in pages, verifies end to end.
+    let whole = store.audit_chain(0, 100).await.unwrap();
+    assert_eq!(whole.len(), 4);
+    assert!(whole.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+    let mut verifier = keygate_core::audit::ChainVerifier::new();
+    for e in &whole {
+        verifier.push(e).unwrap();
+    }
+    let next = store.audit_chain(whole[1].seq, 1).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].seq, whole[2].seq);
+    assert!(
+        store
+            .audit_chain(whole[3].seq, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Concurrent writers (creations and revocations from many tasks at once) while a follower

@@ -815,6 +815,18 @@ impl AuditStore for PostgresStore {
             next,
         })
     }
+
+    async fn audit_chain(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq, issuer_id, at, actor, action, target, source_ip, detail, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(audit_from_row).collect()
+    }
 }
 
 #[async_trait]
