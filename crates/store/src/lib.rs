@@ -3,6 +3,7 @@
 //!
 //! This is the only crate that knows SQL.
 
+mod mapping;
 pub mod postgres;
 pub mod sqlite;
 

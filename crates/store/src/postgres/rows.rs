@@ -1,13 +1,7 @@
-//! Mapping between `PostgreSQL` rows and domain types, and between sqlx errors and domain errors.
+//! `PostgreSQL`'s error mapping; rows map to domain types in [`crate::mapping`], shared by every
+//! backend.
 
-use keygate_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
-use keygate_core::clock::UnixTime;
 use keygate_core::error::Error;
-use keygate_core::ids::KeyId;
-use keygate_core::key::{Algorithm, ApiKey, KeyType, PrivateKeyState};
-use keygate_core::role::RoleSet;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 
 /// Error codes (`SQLSTATE`) that mean "the server cannot take this right now; try again": lock and
 /// serialization conflicts, a standby refusing writes (after a failover), and the session
@@ -57,88 +51,4 @@ fn sqlstate_in(code: Option<&str>, states: &[&str]) -> bool {
     })
 }
 
-fn corrupt(what: &str) -> Error {
-    Error::Internal(format!("stored {what} is corrupt"))
-}
-
-pub fn private_key_state_columns(state: PrivateKeyState) -> (&'static str, Option<UnixTime>) {
-    let at = match state {
-        PrivateKeyState::Downloaded(t) | PrivateKeyState::Erased(t) => Some(t),
-        PrivateKeyState::Pending | PrivateKeyState::NeverHeld => None,
-    };
-    (state.as_str(), at)
-}
-
-pub fn key_from_row(row: &PgRow) -> Result<ApiKey, Error> {
-    let get_str = |col: &str| row.try_get::<String, _>(col).map_err(|_| corrupt(col));
-    let state_at: Option<i64> = row
-        .try_get("private_key_at")
-        .map_err(|_| corrupt("private_key_at"))?;
-    let private_key = match (get_str("private_key_state")?.as_str(), state_at) {
-        ("PENDING", _) => PrivateKeyState::Pending,
-        ("DOWNLOADED", Some(t)) => PrivateKeyState::Downloaded(t),
-        ("ERASED", Some(t)) => PrivateKeyState::Erased(t),
-        ("NEVER_HELD", _) => PrivateKeyState::NeverHeld,
-        _ => return Err(corrupt("private_key_state")),
-    };
-    Ok(ApiKey {
-        id: KeyId::parse(&get_str("id")?).ok_or_else(|| corrupt("key ID"))?,
-        issuer_id: get_str("issuer_id")?
-            .parse()
-            .map_err(|_| corrupt("issuer ID"))?,
-        name: get_str("name")?,
-        roles: RoleSet::from_stored(&get_str("roles")?)?,
-        key_type: KeyType::parse(&get_str("key_type")?).ok_or_else(|| corrupt("key type"))?,
-        algorithm: Algorithm::parse(&get_str("algorithm")?).ok_or_else(|| corrupt("algorithm"))?,
-        public_key: row
-            .try_get("public_key")
-            .map_err(|_| corrupt("public key"))?,
-        private_key,
-        created_by: get_str("created_by")?,
-        created_at: row
-            .try_get("created_at")
-            .map_err(|_| corrupt("created_at"))?,
-        last_used_at: row
-            .try_get("last_used_at")
-            .map_err(|_| corrupt("last_used_at"))?,
-        request_count: row
-            .try_get::<i64, _>("request_count")
-            .ok()
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(|| corrupt("request_count"))?,
-        revoked_at: row
-            .try_get("revoked_at")
-            .map_err(|_| corrupt("revoked_at"))?,
-        revoke_reason: row
-            .try_get("revoke_reason")
-            .map_err(|_| corrupt("revoke_reason"))?,
-        expires_at: row
-            .try_get("expires_at")
-            .map_err(|_| corrupt("expires_at"))?,
-    })
-}
-
-pub fn audit_from_row(row: &PgRow) -> Result<AuditEvent, Error> {
-    let get_str = |col: &str| row.try_get::<String, _>(col).map_err(|_| corrupt(col));
-    let action = AuditAction::parse(&get_str("action")?).ok_or_else(|| corrupt("audit action"))?;
-    let source_ip: Option<String> = row.try_get("source_ip").map_err(|_| corrupt("source_ip"))?;
-    Ok(AuditEvent {
-        seq: row.try_get("seq").map_err(|_| corrupt("seq"))?,
-        event: NewAuditEvent {
-            issuer_id: get_str("issuer_id")?
-                .parse()
-                .map_err(|_| corrupt("issuer ID"))?,
-            at: row.try_get("at").map_err(|_| corrupt("at"))?,
-            actor: get_str("actor")?,
-            action,
-            target: get_str("target")?,
-            source_ip: source_ip.and_then(|s| s.parse().ok()),
-            detail: serde_json_from(&get_str("detail")?)?,
-        },
-        hash: row.try_get("hash").map_err(|_| corrupt("hash"))?,
-    })
-}
-
-fn serde_json_from(text: &str) -> Result<serde_json::Value, Error> {
-    serde_json::from_str(text).map_err(|_| corrupt("audit detail"))
-}
+pub use crate::mapping::{audit_from_row, key_from_row, private_key_state_columns};
