@@ -810,72 +810,80 @@ async fn forward_auth_modes_and_identity_headers() {
         .unwrap())
     .await;
 
-    h.deny(
-        Request::post("/authz/v1/apps?filter[platform]=IOS")
-            .header(header::AUTHORIZATION, &auth)
-            .body(Body::empty())
-            .unwrap(),
-        StatusCode::FORBIDDEN,
-        "SCOPE_MISMATCH",
-    )
-    .await;
-    h.deny(
-        Request::get("/authz/v1/apps")
-            .header(header::AUTHORIZATION, &auth)
-            .body(Body::empty())
-            .unwrap(),
-        StatusCode::FORBIDDEN,
-        "SCOPE_MISMATCH",
-    )
-    .await;
-    h.deny(
-        Request::get("/authz/v1/apps").body(Body::empty()).unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "TOKEN_MISSING",
-    )
-    .await;
-    h.deny(
-        Request::get("/authz/v1/apps")
-            .header("x-api-key", "kgsk_nope")
-            .body(Body::empty())
-            .unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "UNKNOWN_SECRET_KEY",
-    )
-    .await;
-    h.deny(
-        Request::get("/authz/v1/apps")
-            .header(header::AUTHORIZATION, &auth)
-            .header(header::AUTHORIZATION, &auth)
-            .body(Body::empty())
-            .unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "TOKEN_MALFORMED",
-    )
-    .await;
-    h.deny(
-        Request::get("/authz/v1/apps")
-            .header(header::AUTHORIZATION, &auth)
-            .header("x-api-key", "kgsk_x")
-            .body(Body::empty())
-            .unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "TOKEN_MALFORMED",
-    )
-    .await;
     let expired = h.token_for(&id, &signer, json!({"exp": NOW - 120, "iat": NOW - 600}));
-    h.deny(
-        Request::get("/authz/x")
-            .header(header::AUTHORIZATION, format!("Bearer {expired}"))
-            .body(Body::empty())
-            .unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "TOKEN_EXPIRED",
-    )
-    .await;
+    let expired = format!("Bearer {expired}");
+    // Refusals: (method, path, headers, status, reason).
+    let refusals: [Refusal<'_>; 7] = [
+        (
+            "POST",
+            "/authz/v1/apps?filter[platform]=IOS",
+            &[("authorization", &auth)],
+            StatusCode::FORBIDDEN,
+            "SCOPE_MISMATCH",
+        ),
+        (
+            "GET",
+            "/authz/v1/apps",
+            &[("authorization", &auth)],
+            StatusCode::FORBIDDEN,
+            "SCOPE_MISMATCH",
+        ),
+        (
+            "GET",
+            "/authz/v1/apps",
+            &[],
+            StatusCode::UNAUTHORIZED,
+            "TOKEN_MISSING",
+        ),
+        (
+            "GET",
+            "/authz/v1/apps",
+            &[("x-api-key", "kgsk_nope")],
+            StatusCode::UNAUTHORIZED,
+            "UNKNOWN_SECRET_KEY",
+        ),
+        (
+            "GET",
+            "/authz/v1/apps",
+            &[("authorization", &auth), ("authorization", &auth)],
+            StatusCode::UNAUTHORIZED,
+            "TOKEN_MALFORMED",
+        ),
+        (
+            "GET",
+            "/authz/v1/apps",
+            &[("authorization", &auth), ("x-api-key", "kgsk_x")],
+            StatusCode::UNAUTHORIZED,
+            "TOKEN_MALFORMED",
+        ),
+        (
+            "GET",
+            "/authz/x",
+            &[("authorization", &expired)],
+            StatusCode::UNAUTHORIZED,
+            "TOKEN_EXPIRED",
+        ),
+    ];
+    for (method, path, headers, status, reason) in refusals {
+        let mut req = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        h.deny(req.body(Body::empty()).unwrap(), status, reason)
+            .await;
+    }
     let (status, doc) = h.call("GET", "/authz", Some(&token), None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{doc}");
 }
+
+/// A request (method, path, headers) and the refusal expected for it (status, reason).
+type Refusal<'a> = (
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    StatusCode,
+    &'a str,
+);
 
 /// Extra request headers, and the status and reason expected with them.
 type HeaderCase<'a> = (&'a [(&'a str, &'a str)], StatusCode, &'a str);
