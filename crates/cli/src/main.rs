@@ -232,6 +232,7 @@ async fn serve_cmd(args: ServeArgs) -> Result<()> {
             proxy,
             issuer,
             created,
+            setup_path,
         } = ready;
         #[allow(clippy::print_stdout)]
         {
@@ -240,8 +241,18 @@ async fn serve_cmd(args: ServeArgs) -> Result<()> {
                     "keygate: created issuer {} (Issuer ID). This is shown once.",
                     issuer.id
                 );
+            }
+            if let Some(path) = setup_path {
+                let host = if addr.ip().is_unspecified() {
+                    format!("127.0.0.1:{}", addr.port())
+                } else {
+                    addr.to_string()
+                };
                 println!(
-                    "keygate: create the first admin key with: keygate admin bootstrap --out DIR"
+                    "keygate: create the Account Holder at http://{host}{path} (this link works once; a new one is printed at each start until then)"
+                );
+                println!(
+                    "keygate: for scripts, an admin key without a person: keygate admin bootstrap --out DIR"
                 );
             }
             if let Some((proxy, upstream)) = proxy {

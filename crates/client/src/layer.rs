@@ -145,6 +145,7 @@ impl Verification {
             revoked_at: None,
             revoke_reason: None,
             expires_at: None,
+            user_id: None,
         };
         let seq = self.ring.seq();
         self.ring.apply(&[key], seq);

@@ -153,6 +153,7 @@ async fn the_layer_decides_like_authz() {
         revoked_at: None,
         revoke_reason: None,
         expires_at: None,
+        user_id: None,
     };
     revoked.revoked_at = Some(clock.now());
     ring.apply(&[revoked], ring.seq());

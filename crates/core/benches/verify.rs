@@ -108,6 +108,7 @@ fn setup(alg: Algorithm) -> Setup {
             revoked_at: None,
             revoke_reason: None,
             expires_at: None,
+            user_id: None,
         });
     }
     ring.replace_all(&keys, 1);

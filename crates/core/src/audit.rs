@@ -17,9 +17,35 @@ pub enum AuditAction {
     PrivateKeyDownloaded,
     PrivateKeyErased,
     KeyRevoked,
+    AccountHolderCreated,
+    UserInvited,
+    InvitationCancelled,
+    InvitationAccepted,
+    UserRolesChanged,
+    UserRemoved,
+    SignedIn,
+    SignInFailed,
+    SignedOut,
 }
 
 impl AuditAction {
+    const ALL: [Self; 14] = [
+        Self::IssuerCreated,
+        Self::KeyCreated,
+        Self::PrivateKeyDownloaded,
+        Self::PrivateKeyErased,
+        Self::KeyRevoked,
+        Self::AccountHolderCreated,
+        Self::UserInvited,
+        Self::InvitationCancelled,
+        Self::InvitationAccepted,
+        Self::UserRolesChanged,
+        Self::UserRemoved,
+        Self::SignedIn,
+        Self::SignInFailed,
+        Self::SignedOut,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::IssuerCreated => "issuer.created",
@@ -27,19 +53,20 @@ impl AuditAction {
             Self::PrivateKeyDownloaded => "apiKey.privateKey.downloaded",
             Self::PrivateKeyErased => "apiKey.privateKey.erased",
             Self::KeyRevoked => "apiKey.revoked",
+            Self::AccountHolderCreated => "user.accountHolder.created",
+            Self::UserInvited => "userInvitation.created",
+            Self::InvitationCancelled => "userInvitation.deleted",
+            Self::InvitationAccepted => "userInvitation.accepted",
+            Self::UserRolesChanged => "user.roles.changed",
+            Self::UserRemoved => "user.removed",
+            Self::SignedIn => "session.signedIn",
+            Self::SignInFailed => "session.signInFailed",
+            Self::SignedOut => "session.signedOut",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::IssuerCreated,
-            Self::KeyCreated,
-            Self::PrivateKeyDownloaded,
-            Self::PrivateKeyErased,
-            Self::KeyRevoked,
-        ]
-        .into_iter()
-        .find(|a| a.as_str() == s)
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
     }
 }
 

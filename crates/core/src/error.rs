@@ -25,6 +25,8 @@ pub enum AuthReason {
     NotYetValid,
     TokenReplayed,
     UnknownSecretKey,
+    /// A web session cookie that is unknown, signed out or idle too long.
+    SessionExpired,
 }
 
 impl AuthReason {
@@ -46,6 +48,7 @@ impl AuthReason {
             Self::NotYetValid => "NOT_YET_VALID",
             Self::TokenReplayed => "TOKEN_REPLAYED",
             Self::UnknownSecretKey => "UNKNOWN_SECRET_KEY",
+            Self::SessionExpired => "SESSION_EXPIRED",
         }
     }
 }
@@ -81,6 +84,8 @@ pub enum ForbiddenReason {
     ReferrerNotAllowed,
     IpNotAllowed,
     ApiNotAllowed,
+    /// A state-changing request with a session cookie but without its CSRF token.
+    CsrfTokenInvalid,
 }
 
 impl ForbiddenReason {
@@ -91,6 +96,7 @@ impl ForbiddenReason {
             Self::ReferrerNotAllowed => "REFERRER_NOT_ALLOWED",
             Self::IpNotAllowed => "IP_NOT_ALLOWED",
             Self::ApiNotAllowed => "API_NOT_ALLOWED",
+            Self::CsrfTokenInvalid => "CSRF_TOKEN_INVALID",
         }
     }
 }

@@ -112,11 +112,64 @@ impl fmt::Debug for KeyId {
     }
 }
 
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(uuid::Uuid);
+
+        impl $name {
+            /// A new random (v4) ID.
+            pub fn generate() -> Self {
+                Self(uuid::Uuid::new_v4())
+            }
+            /// Parses the hyphenated form only; `None` otherwise.
+            pub fn parse(s: &str) -> Option<Self> {
+                (s.len() == 36).then(|| uuid::Uuid::parse_str(s).ok().map(Self)).flatten()
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                Self::parse(s).ok_or_else(|| Error::NotFound(format!("There is no {} with this ID.", $what)))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0.hyphenated(), f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A user of an issuer.
+    UserId,
+    "user"
+);
+uuid_id!(
+    /// A pending invitation to become a user.
+    InvitationId,
+    "invitation"
+);
+
 /// Who did something: recorded as `created_by` and in every audit event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     /// An API key acting through a token.
     Key(KeyId),
+    /// A person, signed in to the web UI (or acting through the API with a session).
+    User(UserId),
+    /// Someone not yet identified: a sign-in attempt, or an invitation or setup link being used.
+    Anonymous,
     /// keygate itself, or an operator on the machine (`admin bootstrap`, the download-window sweep).
     System(&'static str),
 }
@@ -125,6 +178,8 @@ impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Key(k) => write!(f, "apiKey:{k}"),
+            Self::User(u) => write!(f, "user:{u}"),
+            Self::Anonymous => f.write_str("anonymous"),
             Self::System(what) => write!(f, "system:{what}"),
         }
     }

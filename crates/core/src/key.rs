@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::clock::UnixTime;
 use crate::error::{Error, Result};
-use crate::ids::{IssuerId, KeyId};
+use crate::ids::{IssuerId, KeyId, UserId};
 use crate::role::RoleSet;
 
 /// The signature algorithm a key is pinned to; tokens must name exactly this one.
@@ -41,7 +41,7 @@ impl fmt::Display for Algorithm {
     }
 }
 
-/// Team keys act for the whole issuer; individual keys act for one user (a later issue).
+/// Team keys act for the whole issuer; individual keys act for one user, with that user's roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyType {
     Team,
@@ -117,6 +117,8 @@ pub struct ApiKey {
     pub revoked_at: Option<UnixTime>,
     pub revoke_reason: Option<String>,
     pub expires_at: Option<UnixTime>,
+    /// The owner of an individual key; `None` for team keys.
+    pub user_id: Option<UserId>,
 }
 
 impl ApiKey {
@@ -174,6 +176,8 @@ impl KeyCursor {
 pub struct KeyQuery {
     pub status: Option<StatusFilter>,
     pub key_type: Option<KeyType>,
+    /// Only the individual keys of this user.
+    pub owner: Option<UserId>,
     pub after: Option<KeyCursor>,
     pub limit: u32,
     /// The "now" that decides whether a key with an expiry still counts as active.

@@ -12,7 +12,7 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey, Verif
 
 use crate::clock::UnixTime;
 use crate::error::Result;
-use crate::ids::{IssuerId, KeyId};
+use crate::ids::{IssuerId, KeyId, UserId};
 use crate::key::{Algorithm, ApiKey, KeyType, PrivateKeyState};
 use crate::role::RoleSet;
 use crate::store::ChangeFeed;
@@ -29,6 +29,8 @@ pub struct VerifyingKey {
     public: [u8; PUBLIC_KEY_MAX],
     public_len: u8,
     pub roles: RoleSet,
+    /// An individual key's owner.
+    pub user_id: Option<UserId>,
     pub revoked: bool,
     pub expires_at: Option<UnixTime>,
     /// False when the private key was erased unread: nobody can hold it.
@@ -65,6 +67,7 @@ impl VerifyingKey {
                 0
             },
             roles: key.roles.clone(),
+            user_id: key.user_id,
             revoked: key.is_revoked(),
             expires_at: key.expires_at,
             usable: fits && !matches!(key.private_key, PrivateKeyState::Erased(_)),
@@ -84,6 +87,7 @@ impl VerifyingKey {
             && self.key_type == other.key_type
             && self.algorithm == other.algorithm
             && self.roles == other.roles
+            && self.user_id == other.user_id
             && self.revoked == other.revoked
             && self.expires_at == other.expires_at
             && self.usable == other.usable
@@ -329,6 +333,7 @@ mod tests {
             revoked_at: None,
             revoke_reason: None,
             expires_at: None,
+            user_id: None,
         }
     }
 

@@ -18,13 +18,17 @@ pub mod ids;
 pub mod key;
 pub mod keyset;
 pub mod meter;
+pub mod people;
 pub mod policy;
 pub mod role;
 pub mod scope;
+pub mod secret;
 pub mod service;
 pub mod store;
+pub mod throttle;
 pub mod time_fmt;
 pub mod token;
 pub mod token_cache;
+pub mod user;
 
 pub use error::{AuthFailure, AuthReason, Error, ForbiddenReason, Result};

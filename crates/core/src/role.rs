@@ -115,6 +115,11 @@ impl RoleCatalog {
         Self { known }
     }
 
+    /// Every known role, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = &Role> {
+        self.known.iter()
+    }
+
     pub fn is_known(&self, name: &str) -> bool {
         self.known.iter().any(|r| r.as_str() == name)
     }

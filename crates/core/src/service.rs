@@ -9,7 +9,7 @@ use serde_json::json;
 use tracing::instrument;
 
 use crate::audit::{AuditAction, AuditEvent, NewAuditEvent};
-use crate::authz::{KeyAdmin, Member, Principal};
+use crate::authz::{IssuerAdmin, KeyScope, Member, Principal};
 use crate::clock::{Clock, UnixTime};
 use crate::crypto::{
     MasterKey, PrivateKeyPem, SealedPrivateKey, generate_key_pair, parse_public_key_pem,
@@ -186,6 +186,7 @@ impl Verifier {
             issuer_id: verified.key.issuer_id,
             actor: Actor::Key(verified.key.id),
             roles: verified.key.roles.clone(),
+            user_id: verified.key.user_id,
             source_ip,
         })
     }
@@ -226,6 +227,11 @@ impl KeyService {
 
     pub fn limits(&self) -> KeyLimits {
         self.limits
+    }
+
+    /// The roles this deployment knows.
+    pub fn roles(&self) -> &RoleCatalog {
+        &self.roles
     }
 
     pub fn now(&self) -> UnixTime {
@@ -327,6 +333,7 @@ impl KeyService {
             revoked_at: None,
             revoke_reason: None,
             expires_at: None,
+            user_id: None,
         };
         let audit = NewAuditEvent::new(
             issuer_id,
@@ -341,19 +348,39 @@ impl KeyService {
         Ok((key, pair.private))
     }
 
-    /// Creates a team key. Unless a public key is supplied, a key pair is generated and the
-    /// private half sealed until its one download.
+    /// Creates a key. A team key needs an admin and takes the requested roles; an individual
+    /// key is the caller's own (a person, not a team key) and acts with that person's current
+    /// roles. Unless a public key is supplied, a key pair is generated and the private half
+    /// sealed until its one download.
     #[instrument(level = "debug", skip_all)]
-    pub async fn create_key(&self, admin: &KeyAdmin<'_>, req: NewKey) -> Result<ApiKey> {
+    pub async fn create_key(&self, caller: &Principal, req: NewKey) -> Result<ApiKey> {
         let now = self.clock.now();
         let name = validate_name(&req.name)?;
-        if req.key_type == KeyType::Individual {
-            return Err(Error::attribute(
-                "keyType",
-                "An individual key belongs to a user and is created by that user for themselves; an API key cannot create one.",
-            ));
-        }
-        let roles = self.roles.key_roles(&req.roles)?;
+        let (roles, user_id, cap) = match req.key_type {
+            KeyType::Team => {
+                caller.admin()?;
+                (
+                    self.roles.key_roles(&req.roles)?,
+                    None,
+                    self.limits.max_active_team_keys,
+                )
+            }
+            KeyType::Individual => {
+                let user_id = caller.person()?;
+                if !req.roles.is_empty() {
+                    return Err(Error::attribute(
+                        "roles",
+                        "An individual key acts with its user's current roles; leave roles out.",
+                    ));
+                }
+                let user = self
+                    .store
+                    .get_user(caller.issuer_id, user_id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound("The caller's user no longer exists.".into()))?;
+                (user.roles, Some(user_id), u32::MAX)
+            }
+        };
         if let Some(exp) = req.expires_at
             && exp <= now
         {
@@ -374,13 +401,13 @@ impl KeyService {
             let sealed = self.master.seal(id.as_str().as_bytes(), &pair.private)?;
             (pair.public, Some(sealed), PrivateKeyState::Pending)
         };
-        let actor = &admin.principal().actor;
+        let actor = &caller.actor;
         let key = ApiKey {
             id,
-            issuer_id: admin.issuer_id(),
+            issuer_id: caller.issuer_id,
             name,
             roles,
-            key_type: KeyType::Team,
+            key_type: req.key_type,
             algorithm: req.algorithm,
             public_key,
             private_key: state,
@@ -391,6 +418,7 @@ impl KeyService {
             revoked_at: None,
             revoke_reason: None,
             expires_at: req.expires_at,
+            user_id,
         };
         let audit = NewAuditEvent::new(
             key.issuer_id,
@@ -399,7 +427,7 @@ impl KeyService {
             AuditAction::KeyCreated,
             id.to_string(),
         )
-        .from_ip(admin.principal().source_ip)
+        .from_ip(caller.source_ip)
         .with_detail(json!({
             "name": key.name,
             "roles": key.roles.joined(),
@@ -407,13 +435,7 @@ impl KeyService {
             "algorithm": key.algorithm.as_str(),
             "suppliedPublicKey": req.public_key.is_some(),
         }));
-        self.insert(
-            &key,
-            sealed.as_ref(),
-            self.limits.max_active_team_keys,
-            &audit,
-        )
-        .await?;
+        self.insert(&key, sealed.as_ref(), cap, &audit).await?;
         Ok(key)
     }
 
@@ -431,16 +453,27 @@ impl KeyService {
         Ok(())
     }
 
-    pub async fn get_key(&self, admin: &KeyAdmin<'_>, id: &str) -> Result<ApiKey> {
+    /// One key in the caller's scope; a key outside it is "not found", as in another issuer.
+    pub async fn get_key(&self, scope: &KeyScope<'_>, id: &str) -> Result<ApiKey> {
         let id = parse_key_id(id)?;
         self.store
-            .get_key(admin.issuer_id(), id)
+            .get_key(scope.issuer_id(), id)
             .await?
+            .filter(|k| scope.owner().is_none() || k.user_id == scope.owner())
             .ok_or_else(|| not_found(id))
     }
 
-    pub async fn list_keys(&self, admin: &KeyAdmin<'_>, query: &KeyQuery) -> Result<Page<ApiKey>> {
-        self.store.list_keys(admin.issuer_id(), query).await
+    pub async fn list_keys(&self, scope: &KeyScope<'_>, query: &KeyQuery) -> Result<Page<ApiKey>> {
+        match scope.owner() {
+            None => self.store.list_keys(scope.issuer_id(), query).await,
+            Some(owner) => {
+                let own = KeyQuery {
+                    owner: Some(owner),
+                    ..query.clone()
+                };
+                self.store.list_keys(scope.issuer_id(), &own).await
+            }
+        }
     }
 
     /// The one-time download. Exactly one caller ever gets the key; it is erased from storage
@@ -448,10 +481,11 @@ impl KeyService {
     #[instrument(level = "debug", skip_all)]
     pub async fn download_private_key(
         &self,
-        admin: &KeyAdmin<'_>,
+        scope: &KeyScope<'_>,
         id: &str,
     ) -> Result<(KeyId, PrivateKeyPem)> {
-        let id = parse_key_id(id)?;
+        let id = self.get_key(scope, id).await?.id;
+        let admin = scope;
         let now = self.clock.now();
         let audit = NewAuditEvent::new(
             admin.issuer_id(),
@@ -478,11 +512,12 @@ impl KeyService {
     #[instrument(level = "debug", skip_all)]
     pub async fn revoke_key(
         &self,
-        admin: &KeyAdmin<'_>,
+        scope: &KeyScope<'_>,
         id: &str,
         reason: Option<&str>,
     ) -> Result<ApiKey> {
-        let id = parse_key_id(id)?;
+        let id = self.get_key(scope, id).await?.id;
+        let admin = scope;
         if let Some(r) = reason
             && r.chars().count() > MAX_REASON_CHARS
         {
@@ -528,7 +563,7 @@ impl KeyService {
 
     pub async fn audit_events(
         &self,
-        admin: &KeyAdmin<'_>,
+        admin: &IssuerAdmin<'_>,
         before_seq: Option<i64>,
         limit: u32,
     ) -> Result<Page<AuditEvent>> {

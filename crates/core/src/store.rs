@@ -10,9 +10,12 @@ use crate::audit::{AuditEvent, NewAuditEvent};
 use crate::clock::UnixTime;
 use crate::crypto::{PrivateKeyPem, SealedPrivateKey};
 use crate::error::{PrivateKeyUnavailable, Result};
-use crate::ids::{Actor, IssuerId, KeyId};
+use crate::ids::{Actor, InvitationId, IssuerId, KeyId, UserId};
 use crate::key::{ApiKey, KeyQuery, Page};
 use crate::meter::KeyUsage;
+use crate::role::RoleSet;
+use crate::secret::SecretHash;
+use crate::user::{Invitation, Session, User};
 
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +141,111 @@ pub trait AuditStore: Send + Sync {
     async fn audit_chain(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>>;
 }
 
+/// People: users, invitations, the first-run setup link and web sessions. Every secret arrives
+/// here already hashed ([`SecretHash`]); lookups are by hash.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Stores a new setup link for an issuer that has no user yet, replacing any earlier one.
+    /// `false` (and nothing stored) if the issuer already has users.
+    async fn set_setup_link(
+        &self,
+        issuer: IssuerId,
+        link: &SecretHash,
+        now: UnixTime,
+    ) -> Result<bool>;
+    /// The issuer a live setup link belongs to.
+    async fn setup_link_issuer(&self, link: &SecretHash) -> Result<Option<IssuerId>>;
+    /// Creates the issuer's Account Holder and spends the setup link, atomically: `NotFound` if
+    /// the link is not the issuer's live one, `Conflict` if the issuer already has a user.
+    async fn create_account_holder(
+        &self,
+        link: &SecretHash,
+        user: &User,
+        audit: &NewAuditEvent,
+    ) -> Result<()>;
+
+    async fn insert_invitation(
+        &self,
+        invitation: &Invitation,
+        link: &SecretHash,
+        audit: &NewAuditEvent,
+    ) -> Result<()>;
+    /// The unexpired invitation behind a link.
+    async fn invitation_by_link(
+        &self,
+        link: &SecretHash,
+        now: UnixTime,
+    ) -> Result<Option<Invitation>>;
+    /// Unexpired invitations of an issuer, newest first.
+    async fn list_invitations(&self, issuer: IssuerId, now: UnixTime) -> Result<Vec<Invitation>>;
+    /// `false` if the issuer has no such invitation.
+    async fn delete_invitation(
+        &self,
+        issuer: IssuerId,
+        id: InvitationId,
+        audit: &NewAuditEvent,
+    ) -> Result<bool>;
+    /// Spends an invitation link and creates its user, atomically: `NotFound` if the link is
+    /// unknown, spent or expired; `Conflict` if the email is already a user of the issuer.
+    async fn accept_invitation(
+        &self,
+        link: &SecretHash,
+        now: UnixTime,
+        user: &User,
+        audit: &NewAuditEvent,
+    ) -> Result<()>;
+
+    async fn get_user(&self, issuer: IssuerId, id: UserId) -> Result<Option<User>>;
+    /// Users with this email (case-insensitive) in any issuer, for sign-in.
+    async fn users_by_email(&self, email: &str) -> Result<Vec<User>>;
+    /// Users of an issuer, by name.
+    async fn list_users(&self, issuer: IssuerId) -> Result<Vec<User>>;
+    /// Sets a user's roles, and those of the user's active individual keys (with change-feed
+    /// entries), in one transaction. The Account Holder's roles are never changed here: it is
+    /// `Conflict`. Returns the user and the keys changed; `None` if there is no such user.
+    async fn set_user_roles(
+        &self,
+        issuer: IssuerId,
+        id: UserId,
+        roles: &RoleSet,
+        now: UnixTime,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<(User, Vec<ApiKey>)>>;
+    /// Removes a user: revokes their individual keys, ends their sessions, deletes the user, in
+    /// one transaction. The Account Holder is never removed (`Conflict`). Returns the revoked
+    /// keys; `None` if there is no such user.
+    async fn remove_user(
+        &self,
+        issuer: IssuerId,
+        id: UserId,
+        now: UnixTime,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Vec<ApiKey>>>;
+
+    async fn insert_session(
+        &self,
+        session: &SecretHash,
+        user: &User,
+        now: UnixTime,
+        audit: &NewAuditEvent,
+    ) -> Result<()>;
+    /// The session with this ID hash if it was used after `idle_since`; marks it used at `now`
+    /// (at most once a minute, so browsing is not a write per page).
+    async fn touch_session(
+        &self,
+        session: &SecretHash,
+        idle_since: UnixTime,
+        now: UnixTime,
+    ) -> Result<Option<Session>>;
+    /// Ends a session; `audit` is written if it existed.
+    async fn delete_session(&self, session: &SecretHash, audit: &NewAuditEvent) -> Result<()>;
+    /// Deletes sessions idle since before `idle_since` and spent or expired links.
+    async fn sweep_sessions(&self, idle_since: UnixTime, now: UnixTime) -> Result<u64>;
+
+    /// Appends an event that goes with no other change (a failed sign-in).
+    async fn append_audit_event(&self, audit: &NewAuditEvent) -> Result<()>;
+}
+
 /// Deployment-wide settings.
 #[async_trait]
 pub trait DeploymentStore: Send + Sync {
@@ -149,7 +257,7 @@ pub trait DeploymentStore: Send + Sync {
 /// Everything keygate stores, behind one handle.
 #[async_trait]
 pub trait Store:
-    IssuerStore + KeyStore + ChangeFeed + AuditStore + DeploymentStore + std::fmt::Debug
+    IssuerStore + KeyStore + UserStore + ChangeFeed + AuditStore + DeploymentStore + std::fmt::Debug
 {
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;

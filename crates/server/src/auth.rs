@@ -4,11 +4,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts, OriginalUri};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, header};
+use axum::http::{HeaderMap, HeaderName, Method, header};
 use keygate_core::authz::Principal;
 use keygate_core::credential::HeaderValues;
-use keygate_core::error::{AuthReason, Error};
+use keygate_core::error::{AuthReason, Error, ForbiddenReason};
+use keygate_core::people::{UserService, csrf_token};
 use keygate_core::scope::RequestTarget;
+use keygate_core::secret::{BearerSecret, constant_time_eq};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -39,6 +41,50 @@ pub fn peer_ip(parts: &Parts) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
+/// The peer address as an extractor (absent when the server runs without connection info).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(peer_ip(parts)))
+    }
+}
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "keygate_session";
+/// The header that carries a session's CSRF token on API calls.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The value of cookie `name`, if the request has exactly that cookie.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// Whether a request changes state: any method but `GET`/`HEAD`/`OPTIONS`, and the one-time
+/// private-key download, which is a `GET` that spends something.
+pub fn changes_state(method: &Method, path: &str) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || path.ends_with("/privateKey")
+}
+
+/// Checks a presented CSRF token against the one derived from the session ID.
+pub fn csrf_matches(session_id: &str, presented: Option<&str>) -> bool {
+    match (BearerSecret::parse(session_id), presented) {
+        (Some(id), Some(p)) => constant_time_eq(&csrf_token(&id), p),
+        _ => false,
+    }
+}
+
 /// An authenticated management-API caller.
 #[derive(Debug)]
 pub struct Caller(pub Principal);
@@ -50,6 +96,12 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // A session cookie counts only when the request carries no credential of its own.
+        let has_credential = parts.headers.contains_key(header::AUTHORIZATION)
+            || parts.headers.contains_key("x-api-key");
+        if !has_credential && let Some(id) = cookie(&parts.headers, SESSION_COOKIE) {
+            return session_caller(parts, state, id).await.map(Self);
+        }
         let token = match credential(&parts.headers)? {
             Credential::Token(t) => t,
             Credential::SecretKey(_) => {
@@ -77,4 +129,28 @@ impl FromRequestParts<AppState> for Caller {
                 .authenticate_management(token, &target, peer_ip(parts))?;
         Ok(Self(principal))
     }
+}
+
+async fn session_caller(parts: &Parts, state: &AppState, id: &str) -> Result<Principal, ApiError> {
+    let session = state.users.session(id).await?.ok_or_else(|| {
+        Error::auth(
+            AuthReason::SessionExpired,
+            "The session has ended (signed out, or idle too long). Sign in again.",
+        )
+    })?;
+    let path = parts
+        .extensions
+        .get::<OriginalUri>()
+        .map_or(parts.uri.path(), |o| o.0.path());
+    if changes_state(&parts.method, path) {
+        let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        if !csrf_matches(id, presented) {
+            return Err(Error::forbidden(
+                ForbiddenReason::CsrfTokenInvalid,
+                "A request that changes something, made with a session cookie, needs the session's CSRF token in X-CSRF-Token.",
+            )
+            .into());
+        }
+    }
+    Ok(UserService::principal(&session, peer_ip(parts)))
 }

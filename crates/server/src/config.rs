@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use keygate_core::people::SessionLimits;
 use keygate_core::policy::{DEFAULT_RATE_LIMIT_PER_HOUR, Policy, RolePolicy, RoutePattern};
 use keygate_core::role::{Role, RoleCatalog};
 use keygate_core::service::KeyLimits;
@@ -35,6 +36,11 @@ pub struct Config {
     pub token_cache_entries: usize,
     /// The reverse proxy, when both `proxy_listen` and `upstream` are set.
     pub proxy: Option<ProxyConfig>,
+    /// Web sessions: idle timeout and sign-in throttling.
+    pub sessions: SessionLimits,
+    /// Always mark the session cookie `Secure` (keygate behind TLS). It is also set whenever a
+    /// request arrives with `X-Forwarded-Proto: https`.
+    pub secure_cookies: bool,
 }
 
 /// `serve --proxy-listen ADDR --upstream URL`.
@@ -99,6 +105,8 @@ struct FileConfig {
     rate_limit_per_hour: Option<u32>,
     usage_flush_interval: Option<DurationText>,
     token_cache_entries: Option<usize>,
+    session_idle_timeout: Option<DurationText>,
+    secure_cookies: Option<bool>,
     proxy_listen: Option<String>,
     upstream: Option<String>,
     upstream_timeout: Option<DurationText>,
@@ -367,6 +375,22 @@ pub fn load(
             .token_cache_entries
             .unwrap_or(keygate_core::service::DEFAULT_TOKEN_CACHE_ENTRIES),
     };
+    let session_idle_timeout = interval(
+        "session_idle_timeout",
+        "KEYGATE_SESSION_IDLE_TIMEOUT",
+        raw.session_idle_timeout,
+        Duration::from_secs(30 * 60),
+    )?;
+    let sessions = SessionLimits {
+        idle_timeout: i64::try_from(session_idle_timeout.as_secs())
+            .unwrap_or(i64::MAX)
+            .max(60),
+        ..SessionLimits::default()
+    };
+    let secure_cookies = match env("KEYGATE_SECURE_COOKIES") {
+        Some(v) => matches!(v.as_str(), "1" | "true" | "yes"),
+        None => raw.secure_cookies.unwrap_or(false),
+    };
     let default_rate_limit = match env("KEYGATE_RATE_LIMIT_PER_HOUR") {
         Some(v) => Some(v.parse().map_err(|_| {
             ConfigError(format!(
@@ -436,6 +460,8 @@ pub fn load(
         usage_flush_interval,
         token_cache_entries,
         proxy,
+        sessions,
+        secure_cookies,
     })
 }
 
@@ -474,6 +500,7 @@ fn proxy_config(
 }
 
 /// What `keygate check-config` prints: the configuration as understood.
+#[allow(clippy::too_many_lines)] // one line per setting, in order: splitting it would hide the order
 pub fn describe(config: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "listen                 {}", config.listen);
@@ -537,6 +564,11 @@ pub fn describe(config: &Config) -> String {
         config.usage_flush_interval.as_millis()
     );
     let _ = writeln!(out, "token_cache_entries    {}", config.token_cache_entries);
+    let _ = writeln!(
+        out,
+        "session_idle_timeout   {} s; secure_cookies {}",
+        config.sessions.idle_timeout, config.secure_cookies
+    );
     match &config.proxy {
         Some(p) => {
             let _ = writeln!(

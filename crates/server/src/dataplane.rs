@@ -20,7 +20,7 @@ pub const IDENTITY_PREFIX: &str = "x-keygate-";
 pub const X_RATE_LIMIT: HeaderName = HeaderName::from_static("x-rate-limit");
 
 /// The identity headers a successful check hands to the gateway or upstream.
-pub fn identity_headers(v: &VerifiedToken) -> [(HeaderName, Option<HeaderValue>); 4] {
+pub fn identity_headers(v: &VerifiedToken) -> [(HeaderName, Option<HeaderValue>); 5] {
     [
         (
             HeaderName::from_static("x-keygate-issuer-id"),
@@ -37,6 +37,12 @@ pub fn identity_headers(v: &VerifiedToken) -> [(HeaderName, Option<HeaderValue>)
         (
             HeaderName::from_static("x-keygate-roles"),
             HeaderValue::from_str(&v.key.roles.joined()).ok(),
+        ),
+        (
+            HeaderName::from_static("x-keygate-user-id"),
+            v.key
+                .user_id
+                .and_then(|u| HeaderValue::from_str(&u.to_string()).ok()),
         ),
     ]
 }

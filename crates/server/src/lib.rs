@@ -13,6 +13,7 @@ pub mod master_key;
 pub mod proxy;
 pub mod routes;
 pub mod serve;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use axum::response::Response;
 use axum::routing::{any, get};
 use keygate_core::gate::Gate;
 use keygate_core::keyset::KeyRing;
+use keygate_core::people::UserService;
 use keygate_core::service::KeyService;
 
 pub use config::Config;
@@ -34,6 +36,10 @@ use crate::error::ErrorBody;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub keys: Arc<KeyService>,
+    /// Users, invitations, sign-in and sessions.
+    pub users: Arc<UserService>,
+    /// Always mark cookies `Secure`.
+    pub secure_cookies: bool,
     /// The data-plane decision (verification, policy, rate limits); its verifier also
     /// authenticates management callers.
     pub gate: Gate,
@@ -43,7 +49,7 @@ pub struct AppState {
 
 /// The main listener's router.
 pub fn app(state: AppState) -> Router {
-    use routes::{audit, authz, health, keys};
+    use routes::{audit, authz, health, keys, users};
     let v1 = Router::new()
         .route("/issuer", get(keys::get_issuer))
         .route("/apiKeys", get(keys::list_keys).post(keys::create_key))
@@ -52,6 +58,21 @@ pub fn app(state: AppState) -> Router {
             get(keys::get_key).patch(keys::patch_key),
         )
         .route("/auditEvents", get(audit::list))
+        .route("/users", get(users::list_users))
+        .route(
+            "/users/{id}",
+            get(users::get_user)
+                .patch(users::patch_user)
+                .delete(users::delete_user),
+        )
+        .route(
+            "/userInvitations",
+            get(users::list_invitations).post(users::create_invitation),
+        )
+        .route(
+            "/userInvitations/{id}",
+            axum::routing::delete(users::delete_invitation),
+        )
         .route(
             "/apiKeys/{key_id}/privateKey",
             get(keys::download_private_key),
@@ -61,6 +82,7 @@ pub fn app(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .merge(ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(security_headers));
@@ -112,7 +134,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
     let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
         (
             req.method().clone(),
-            req.uri().path().chars().take(200).collect::<String>(),
+            loggable_path(req.uri().path()),
             std::time::Instant::now(),
         )
     });
@@ -123,4 +145,15 @@ async fn security_headers(req: Request, next: Next) -> Response {
         tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "request");
     }
     resp
+}
+
+/// A request path fit for the log: at most 200 characters, with the one-time secret of a setup
+/// or invitation link replaced.
+pub fn loggable_path(path: &str) -> String {
+    for prefix in ["/setup/", "/invitations/"] {
+        if path.starts_with(prefix) {
+            return format!("{prefix}<link>");
+        }
+    }
+    path.chars().take(200).collect()
 }

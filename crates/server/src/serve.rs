@@ -9,6 +9,7 @@ use keygate_core::crypto::MasterKey;
 use keygate_core::gate::Gate;
 use keygate_core::keyset::KeyRing;
 use keygate_core::meter::Meter;
+use keygate_core::people::UserService;
 use keygate_core::service::{KeyService, Verifier};
 use keygate_core::store::Issuer;
 use tokio::net::TcpListener;
@@ -27,6 +28,13 @@ pub async fn build(
         .await
         .map_err(|e| ConfigError(format!("database: {e}")))?;
     let ring = Arc::new(KeyRing::new());
+    let users = Arc::new(UserService::new(
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        config.roles(),
+        Arc::clone(&ring),
+        config.sessions,
+    ));
     let keys = Arc::new(KeyService::new(
         store,
         Arc::clone(&clock),
@@ -55,6 +63,8 @@ pub async fn build(
     let gate = Gate::new(verifier, Arc::new(Meter::new(clock)));
     Ok(AppState {
         keys,
+        users,
+        secure_cookies: config.secure_cookies,
         gate,
         ring,
         forward_auth_headers: config.forward_auth_headers,
@@ -137,6 +147,7 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
         }
     });
     let keys = Arc::clone(&state.keys);
+    let users = Arc::clone(&state.users);
     let every = config.sweep_interval;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -149,6 +160,9 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
                     tracing::info!(erased = n, "erased private keys past their download window");
                 }
                 Err(e) => tracing::warn!(error = %e, "download-window sweep failed"),
+            }
+            if let Err(e) = users.sweep().await {
+                tracing::warn!(error = %e, "session sweep failed");
             }
         }
     });
@@ -163,6 +177,9 @@ pub struct Ready<'a> {
     pub issuer: &'a Issuer,
     /// Whether this start created the issuer (to print the first-run message).
     pub created: bool,
+    /// While the issuer has no Account Holder: the path of the one-time setup page
+    /// (`/setup/<link>`). A new link is made at every start until setup is done.
+    pub setup_path: Option<String>,
 }
 
 /// Runs a node until ctrl-c / SIGTERM; on an empty database it first creates the issuer.
@@ -178,6 +195,12 @@ pub async fn run(
         .ensure_issuer()
         .await
         .map_err(|e| ConfigError(format!("database: {e}")))?;
+    let setup_path = state
+        .users
+        .setup_link(issuer.id)
+        .await
+        .map_err(|e| ConfigError(format!("database: {e}")))?
+        .map(|link| format!("/setup/{}", link.expose()));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -202,6 +225,7 @@ pub async fn run(
             .map(|(_, bound, _, upstream)| (*bound, upstream.clone())),
         issuer: &issuer,
         created,
+        setup_path,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -420,8 +420,9 @@ async fn bad_input_gets_clear_json_errors() {
             raw(
                 r#"{"data": {"type": "apiKeys", "attributes": {"name": "x", "roles": ["DEVELOPER"], "keyType": "INDIVIDUAL"}}}"#,
             ),
-            StatusCode::CONFLICT,
-            "ENTITY_ERROR.ATTRIBUTE.INVALID",
+            // A team key belongs to no person, so it cannot have an individual key.
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN_ERROR",
         ),
         (
             Request::post("/v1/apiKeys")

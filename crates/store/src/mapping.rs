@@ -6,9 +6,11 @@
 use keygate_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
 use keygate_core::clock::UnixTime;
 use keygate_core::error::Error;
-use keygate_core::ids::KeyId;
+use keygate_core::ids::{InvitationId, KeyId, UserId};
 use keygate_core::key::{Algorithm, ApiKey, KeyType, PrivateKeyState};
 use keygate_core::role::RoleSet;
+use keygate_core::secret::PasswordHashText;
+use keygate_core::user::{Invitation, User};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 pub(crate) fn corrupt(what: &str) -> Error {
@@ -77,6 +79,13 @@ where
         expires_at: row
             .try_get("expires_at")
             .map_err(|_| corrupt("expires_at"))?,
+        user_id: match row
+            .try_get::<Option<String>, _>("user_id")
+            .map_err(|_| corrupt("user_id"))?
+        {
+            Some(u) => Some(UserId::parse(&u).ok_or_else(|| corrupt("user ID"))?),
+            None => None,
+        },
     })
 }
 
@@ -111,4 +120,74 @@ where
 
 fn serde_json_from(text: &str) -> Result<serde_json::Value, Error> {
     serde_json::from_str(text).map_err(|_| corrupt("audit detail"))
+}
+
+/// The columns [`user_from_row`] reads.
+pub const USER_COLUMNS: &str =
+    "id, issuer_id, email, first_name, last_name, roles, password_hash, created_at";
+
+/// A stored user, from a row of `users` ([`USER_COLUMNS`]).
+pub fn user_from_row<'r, R>(row: &'r R) -> Result<User, Error>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let get_str = |col: &str| row.try_get::<String, _>(col).map_err(|_| corrupt(col));
+    Ok(User {
+        id: UserId::parse(&get_str("id")?).ok_or_else(|| corrupt("user ID"))?,
+        issuer_id: get_str("issuer_id")?
+            .parse()
+            .map_err(|_| corrupt("issuer ID"))?,
+        email: get_str("email")?,
+        first_name: get_str("first_name")?,
+        last_name: get_str("last_name")?,
+        roles: RoleSet::from_stored(&get_str("roles")?)?,
+        password_hash: PasswordHashText::from_stored(get_str("password_hash")?),
+        created_at: row
+            .try_get("created_at")
+            .map_err(|_| corrupt("created_at"))?,
+    })
+}
+
+/// The columns [`invitation_from_row`] reads.
+pub const INVITATION_COLUMNS: &str =
+    "id, issuer_id, email, first_name, last_name, roles, created_by, created_at, expires_at";
+
+/// A stored invitation, from a row of `invitations` ([`INVITATION_COLUMNS`]).
+pub fn invitation_from_row<'r, R>(row: &'r R) -> Result<Invitation, Error>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let get_str = |col: &str| row.try_get::<String, _>(col).map_err(|_| corrupt(col));
+    let get_i64 = |col: &str| row.try_get::<i64, _>(col).map_err(|_| corrupt(col));
+    Ok(Invitation {
+        id: InvitationId::parse(&get_str("id")?).ok_or_else(|| corrupt("invitation ID"))?,
+        issuer_id: get_str("issuer_id")?
+            .parse()
+            .map_err(|_| corrupt("issuer ID"))?,
+        email: get_str("email")?,
+        first_name: get_str("first_name")?,
+        last_name: get_str("last_name")?,
+        roles: RoleSet::from_stored(&get_str("roles")?)?,
+        created_by: get_str("created_by")?,
+        created_at: get_i64("created_at")?,
+        expires_at: get_i64("expires_at")?,
+    })
+}
+
+/// The lookup form of an email: unique per issuer, case-insensitive.
+pub fn email_key(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// Refusal of a second active individual key for one user.
+pub fn individual_key_held() -> Error {
+    Error::Conflict(
+        "You already have an active individual key; revoke it before generating a new one.".into(),
+    )
 }

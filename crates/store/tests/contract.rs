@@ -65,6 +65,7 @@ fn key(issuer: IssuerId, created_at: i64, state: PrivateKeyState) -> ApiKey {
         revoked_at: None,
         revoke_reason: None,
         expires_at: None,
+        user_id: None,
     }
 }
 
@@ -202,6 +203,7 @@ async fn the_active_key_cap_holds_under_concurrency(store: Arc<dyn Store>) {
             &KeyQuery {
                 status: None,
                 key_type: None,
+                owner: None,
                 after: None,
                 limit: 1,
                 now: T0,
@@ -534,6 +536,7 @@ async fn lists_filter_and_page(store: Arc<dyn Store>) {
     let q = |status, after, limit, now| KeyQuery {
         status,
         key_type: None,
+        owner: None,
         after,
         limit,
         now,

@@ -49,6 +49,7 @@ fn make_key(
         revoked_at: None,
         revoke_reason: None,
         expires_at: None,
+        user_id: None,
     };
     (key, Signer::from_pem(&pair.private).unwrap())
 }

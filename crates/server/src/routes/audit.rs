@@ -58,7 +58,7 @@ pub async fn list(
     Caller(p): Caller,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    let admin = p.key_admin()?;
+    let admin = p.admin()?;
     let (limit, cursor) = parse_query(raw.as_deref())?;
     let page = state.keys.audit_events(&admin, cursor, limit).await?;
     let data: Vec<Value> = page.items.iter().map(resource).collect();

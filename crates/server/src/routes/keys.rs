@@ -65,6 +65,7 @@ fn key_resource(key: &ApiKey, now: i64, window: i64) -> Value {
             "revokeReason": key.revoke_reason,
             "expiresAt": key.expires_at.map(rfc3339),
             "createdBy": key.created_by,
+            "userId": key.user_id.map(|u| u.to_string()),
         },
         "links": links,
     })
@@ -88,6 +89,7 @@ fn parse_list_query(raw: Option<&str>, now: i64) -> Result<KeyQuery, Error> {
     let mut q = KeyQuery {
         status: None,
         key_type: None,
+        owner: None,
         after: None,
         limit: DEFAULT_LIMIT,
         now,
@@ -128,16 +130,17 @@ fn parse_list_query(raw: Option<&str>, now: i64) -> Result<KeyQuery, Error> {
     Ok(q)
 }
 
-/// `GET /v1/apiKeys`: ADMIN or `ACCOUNT_HOLDER`.
+/// `GET /v1/apiKeys`: an admin sees the issuer's keys; a person with another role, their own
+/// individual keys.
 pub async fn list_keys(
     State(state): State<AppState>,
     Caller(p): Caller,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    let admin = p.key_admin()?;
+    let scope = p.key_scope()?;
     let now = state.keys.now();
     let query = parse_list_query(raw.as_deref(), now)?;
-    let page = state.keys.list_keys(&admin, &query).await?;
+    let page = state.keys.list_keys(&scope, &query).await?;
     let window = state.keys.limits().download_window;
     let data: Vec<Value> = page
         .items
@@ -172,14 +175,14 @@ pub async fn list_keys(
     })))
 }
 
-/// `GET /v1/apiKeys/{keyId}`: ADMIN or `ACCOUNT_HOLDER`.
+/// `GET /v1/apiKeys/{keyId}`: a key in the caller's scope.
 pub async fn get_key(
     State(state): State<AppState>,
     Caller(p): Caller,
     KeyIdParam(id): KeyIdParam,
 ) -> ApiResult<Response> {
-    let admin = p.key_admin()?;
-    let key = state.keys.get_key(&admin, &id).await?;
+    let scope = p.key_scope()?;
+    let key = state.keys.get_key(&scope, &id).await?;
     let now = state.keys.now();
     Ok(json_response(&json!({
         "data": key_resource(&key, now, state.keys.limits().download_window),
@@ -187,7 +190,10 @@ pub async fn get_key(
     })))
 }
 
-fn take_str(attrs: &mut Map<String, Value>, name: &str) -> Result<Option<String>, Error> {
+pub(crate) fn take_str(
+    attrs: &mut Map<String, Value>,
+    name: &str,
+) -> Result<Option<String>, Error> {
     match attrs.remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -195,7 +201,7 @@ fn take_str(attrs: &mut Map<String, Value>, name: &str) -> Result<Option<String>
     }
 }
 
-fn reject_unknown(attrs: &Map<String, Value>, allowed: &str) -> Result<(), Error> {
+pub(crate) fn reject_unknown(attrs: &Map<String, Value>, allowed: &str) -> Result<(), Error> {
     match attrs.keys().next() {
         Some(k) => {
             let shown: String = k.chars().take(40).collect();
@@ -211,6 +217,11 @@ fn reject_unknown(attrs: &Map<String, Value>, allowed: &str) -> Result<(), Error
 fn parse_new_key(mut attrs: Map<String, Value>) -> Result<NewKey, Error> {
     let name = take_str(&mut attrs, "name")?
         .ok_or_else(|| Error::attribute("name", "name is required."))?;
+    let key_type = match take_str(&mut attrs, "keyType")? {
+        None => KeyType::Team,
+        Some(t) => KeyType::parse(&t)
+            .ok_or_else(|| Error::attribute("keyType", "keyType is TEAM or INDIVIDUAL."))?,
+    };
     let roles = match attrs.remove("roles") {
         Some(Value::Array(items)) => items
             .into_iter()
@@ -222,6 +233,7 @@ fn parse_new_key(mut attrs: Map<String, Value>) -> Result<NewKey, Error> {
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?,
+        None if key_type == KeyType::Individual => Vec::new(),
         None => {
             return Err(Error::attribute(
                 "roles",
@@ -234,11 +246,6 @@ fn parse_new_key(mut attrs: Map<String, Value>) -> Result<NewKey, Error> {
                 "roles must be an array of role names.",
             ));
         }
-    };
-    let key_type = match take_str(&mut attrs, "keyType")? {
-        None => KeyType::Team,
-        Some(t) => KeyType::parse(&t)
-            .ok_or_else(|| Error::attribute("keyType", "keyType is TEAM or INDIVIDUAL."))?,
     };
     let algorithm = match take_str(&mut attrs, "algorithm")? {
         None => Algorithm::Es256,
@@ -269,21 +276,20 @@ fn parse_new_key(mut attrs: Map<String, Value>) -> Result<NewKey, Error> {
     })
 }
 
-/// `POST /v1/apiKeys`: ADMIN or `ACCOUNT_HOLDER`. Answers `201` with the key and, when keygate
-/// generated the pair, `links.privateKey` for the one download.
+/// `POST /v1/apiKeys`: a team key by an admin, or the caller's own individual key. Answers `201`
+/// with the key and, when keygate generated the pair, `links.privateKey` for the one download.
 pub async fn create_key(
     State(state): State<AppState>,
     Caller(p): Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    let admin = p.key_admin().map_err(|e| ApiError(e).into_response())?;
     let mut data = read_document(&headers, body, "apiKeys").await?;
     let attrs = attributes(&mut data).map_err(IntoResponse::into_response)?;
     let req = parse_new_key(attrs).map_err(|e| ApiError(e).into_response())?;
     let key = state
         .keys
-        .create_key(&admin, req)
+        .create_key(&p, req)
         .await
         .map_err(|e| ApiError(e).into_response())?;
     let now = state.keys.now();
@@ -300,7 +306,7 @@ pub async fn create_key(
     Ok(resp)
 }
 
-/// `GET /v1/apiKeys/{keyId}/privateKey`: ADMIN or `ACCOUNT_HOLDER`; succeeds once per key.
+/// `GET /v1/apiKeys/{keyId}/privateKey`: a key in the caller's scope; succeeds once per key.
 ///
 /// `HEAD` is refused: axum would run the handler and drop the body, so a link checker or a
 /// `curl -I` would use up the one download.
@@ -332,8 +338,16 @@ async fn download(
     p: &keygate_core::authz::Principal,
     id: &str,
 ) -> ApiResult<Response> {
-    let admin = p.key_admin()?;
-    let (id, pem) = state.keys.download_private_key(&admin, id).await?;
+    let scope = p.key_scope()?;
+    let (id, pem) = state.keys.download_private_key(&scope, id).await?;
+    Ok(pem_attachment(id, &pem))
+}
+
+/// The `.p8` download response.
+pub fn pem_attachment(
+    id: keygate_core::ids::KeyId,
+    pem: &keygate_core::crypto::PrivateKeyPem,
+) -> Response {
     tracing::info!(key_id = %id, "private key downloaded");
     let mut resp = Response::new(Body::from(pem.expose().to_owned()));
     let h = resp.headers_mut();
@@ -346,10 +360,10 @@ async fn download(
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"AuthKey_{id}.p8\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
-    Ok(resp)
+    resp
 }
 
-/// `PATCH /v1/apiKeys/{keyId}` with `{"isActive": false}`: ADMIN or `ACCOUNT_HOLDER`. Revokes;
+/// `PATCH /v1/apiKeys/{keyId}` with `{"isActive": false}`: a key in the caller's scope. Revokes;
 /// any other change is a `409`, since a key's name and roles are immutable.
 pub async fn patch_key(
     State(state): State<AppState>,
@@ -359,7 +373,7 @@ pub async fn patch_key(
     body: Body,
 ) -> Result<Response, Response> {
     let err = |e: Error| ApiError(e).into_response();
-    let admin = p.key_admin().map_err(err)?;
+    let scope = p.key_scope().map_err(err)?;
     let mut data = read_document(&headers, body, "apiKeys").await?;
     match data.get("id") {
         Some(Value::String(doc_id)) if *doc_id == id => {}
@@ -395,7 +409,7 @@ pub async fn patch_key(
     }
     let key = state
         .keys
-        .revoke_key(&admin, &id, reason.as_deref())
+        .revoke_key(&scope, &id, reason.as_deref())
         .await
         .map_err(err)?;
     tracing::info!(key_id = %key.id, "key revoked");

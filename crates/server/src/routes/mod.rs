@@ -5,3 +5,4 @@ pub mod audit;
 pub mod authz;
 pub mod health;
 pub mod keys;
+pub mod users;

@@ -16,6 +16,7 @@
 //! ascending ID order when a transaction locks more than one.
 
 mod rows;
+mod users;
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -40,9 +41,12 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 
 use rows::{audit_from_row, db_err, key_from_row};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_users.sql")),
+];
 
-const KEY_COLUMNS: &str = "id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, request_count, revoked_at, revoke_reason, expires_at";
+const KEY_COLUMNS: &str = "id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, request_count, revoked_at, revoke_reason, expires_at, user_id";
 
 /// The channel every change-feed entry is announced on (payload: its position, as text), when
 /// the transaction that wrote it commits. See [`listen_changes`].
@@ -358,6 +362,25 @@ impl KeyStore for PostgresStore {
         audit: &NewAuditEvent,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
+        if let Some(user) = key.user_id {
+            // Serializes the user's key creations; the unique index is the backstop.
+            sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+                .bind(user.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            let held: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL AND private_key_state <> 'ERASED'",
+            )
+            .bind(user.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if held > 0 {
+                finish(tx).await?;
+                return Err(crate::mapping::individual_key_held());
+            }
+        }
         if key.key_type == KeyType::Team {
             // Serializes team-key creation per issuer, so the count below cannot be overtaken
             // by a concurrent creation. NO KEY UPDATE conflicts with itself but not with the
@@ -384,7 +407,7 @@ impl KeyStore for PostgresStore {
         }
         let (state, state_at) = rows::private_key_state_columns(key.private_key);
         sqlx::query(
-            "INSERT INTO api_keys (id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, revoked_at, revoke_reason, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            "INSERT INTO api_keys (id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, revoked_at, revoke_reason, expires_at, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(key.id.as_str())
         .bind(key.issuer_id.to_string())
@@ -401,6 +424,7 @@ impl KeyStore for PostgresStore {
         .bind(key.revoked_at)
         .bind(&key.revoke_reason)
         .bind(key.expires_at)
+        .bind(key.user_id.map(|u| u.to_string()))
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -433,7 +457,12 @@ impl KeyStore for PostgresStore {
     }
 
     async fn list_keys(&self, issuer: IssuerId, query: &KeyQuery) -> Result<Page<ApiKey>> {
-        fn filters<'a>(qb: &mut QueryBuilder<'a, Postgres>, issuer: &'a str, query: &'a KeyQuery) {
+        fn filters<'a>(
+            qb: &mut QueryBuilder<'a, Postgres>,
+            issuer: &'a str,
+            query: &'a KeyQuery,
+            owner: Option<&'a String>,
+        ) {
             qb.push(" WHERE issuer_id = ").push_bind(issuer);
             match query.status {
                 Some(StatusFilter::Active) => {
@@ -453,10 +482,14 @@ impl KeyStore for PostgresStore {
             if let Some(t) = query.key_type {
                 qb.push(" AND key_type = ").push_bind(t.as_str());
             }
+            if let Some(owner) = owner {
+                qb.push(" AND user_id = ").push_bind(owner.as_str());
+            }
         }
         let issuer_text = issuer.to_string();
+        let owner = query.owner.map(|u| u.to_string());
         let mut count = QueryBuilder::new("SELECT count(*) FROM api_keys");
-        filters(&mut count, &issuer_text, query);
+        filters(&mut count, &issuer_text, query, owner.as_ref());
         let total: i64 = count
             .build_query_scalar()
             .fetch_one(&self.pool)
@@ -464,7 +497,7 @@ impl KeyStore for PostgresStore {
             .map_err(db_err)?;
 
         let mut select = QueryBuilder::new(format!("SELECT {KEY_COLUMNS} FROM api_keys"));
-        filters(&mut select, &issuer_text, query);
+        filters(&mut select, &issuer_text, query, owner.as_ref());
         if let Some(after) = &query.after {
             select
                 .push(" AND (created_at, id) < (")

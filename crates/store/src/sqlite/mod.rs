@@ -5,6 +5,7 @@
 //! `keygate admin bootstrap`) wait on the busy timeout. Reads use a separate pool.
 
 mod rows;
+mod users;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -34,9 +35,10 @@ use rows::{audit_from_row, db_err, key_from_row};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_usage.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_users.sql")),
 ];
 
-const KEY_COLUMNS: &str = "id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, request_count, revoked_at, revoke_reason, expires_at";
+const KEY_COLUMNS: &str = "id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, request_count, revoked_at, revoke_reason, expires_at, user_id";
 
 /// A keygate store in one `SQLite` file.
 #[derive(Debug, Clone)]
@@ -348,6 +350,18 @@ impl KeyStore for SqliteStore {
         audit: &NewAuditEvent,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
+        if let Some(user) = key.user_id {
+            let held: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM api_keys WHERE user_id = ? AND revoked_at IS NULL AND private_key_state != 'ERASED'",
+            )
+            .bind(user.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if held > 0 {
+                return Err(crate::mapping::individual_key_held());
+            }
+        }
         if key.key_type == KeyType::Team {
             let active: i64 = sqlx::query_scalar(&format!(
                 "SELECT count(*) FROM api_keys WHERE issuer_id = ? AND key_type = 'TEAM' AND {ACTIVE_SQL}?))"
@@ -365,7 +379,7 @@ impl KeyStore for SqliteStore {
         }
         let (state, state_at) = rows::private_key_state_columns(key.private_key);
         sqlx::query(
-            "INSERT INTO api_keys (id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, revoked_at, revoke_reason, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, revoked_at, revoke_reason, expires_at, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(key.id.as_str())
         .bind(key.issuer_id.to_string())
@@ -382,6 +396,7 @@ impl KeyStore for SqliteStore {
         .bind(key.revoked_at)
         .bind(&key.revoke_reason)
         .bind(key.expires_at)
+        .bind(key.user_id.map(|u| u.to_string()))
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -413,7 +428,12 @@ impl KeyStore for SqliteStore {
     }
 
     async fn list_keys(&self, issuer: IssuerId, query: &KeyQuery) -> Result<Page<ApiKey>> {
-        fn filters<'a>(qb: &mut QueryBuilder<'a, Sqlite>, issuer: &'a str, query: &'a KeyQuery) {
+        fn filters<'a>(
+            qb: &mut QueryBuilder<'a, Sqlite>,
+            issuer: &'a str,
+            query: &'a KeyQuery,
+            owner: Option<&'a String>,
+        ) {
             qb.push(" WHERE issuer_id = ").push_bind(issuer);
             match query.status {
                 Some(StatusFilter::Active) => {
@@ -433,10 +453,14 @@ impl KeyStore for SqliteStore {
             if let Some(t) = query.key_type {
                 qb.push(" AND key_type = ").push_bind(t.as_str());
             }
+            if let Some(owner) = owner {
+                qb.push(" AND user_id = ").push_bind(owner.as_str());
+            }
         }
         let issuer_text = issuer.to_string();
+        let owner = query.owner.map(|u| u.to_string());
         let mut count = QueryBuilder::new("SELECT count(*) FROM api_keys");
-        filters(&mut count, &issuer_text, query);
+        filters(&mut count, &issuer_text, query, owner.as_ref());
         let total: i64 = count
             .build_query_scalar()
             .fetch_one(&self.reader)
@@ -444,7 +468,7 @@ impl KeyStore for SqliteStore {
             .map_err(db_err)?;
 
         let mut select = QueryBuilder::new(format!("SELECT {KEY_COLUMNS} FROM api_keys"));
-        filters(&mut select, &issuer_text, query);
+        filters(&mut select, &issuer_text, query, owner.as_ref());
         if let Some(after) = &query.after {
             select
                 .push(" AND (created_at, id) < (")

@@ -1,0 +1,493 @@
+//! People operations: first-run setup of the Account Holder, invitations, users and their roles,
+//! sign-in with throttling, and web sessions. Like [`crate::service::KeyService`], each write is
+//! one store call that also records its audit event (and change-feed entries, when a role change
+//! or removal touches an individual key).
+
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
+
+use serde_json::json;
+
+use crate::audit::{AuditAction, NewAuditEvent};
+use crate::authz::{IssuerAdmin, Principal};
+use crate::clock::{Clock, UnixTime};
+use crate::error::{Error, Result};
+use crate::ids::{Actor, InvitationId, IssuerId, UserId};
+use crate::keyset::KeyRing;
+use crate::role::{Role, RoleCatalog, RoleSet};
+use crate::secret::{BearerSecret, Password, PasswordHashText};
+use crate::store::Store;
+use crate::throttle::{SignInThrottle, ThrottleLimits};
+use crate::user::{INVITATION_LIFETIME, Invitation, Person, Session, User, grantable_roles};
+
+/// Session settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// A session unused this long ends (default 30 minutes).
+    pub idle_timeout: i64,
+    pub throttle: ThrottleLimits,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: 30 * 60,
+            throttle: ThrottleLimits::default(),
+        }
+    }
+}
+
+/// A new web session: the user and the session ID to put in the cookie.
+#[derive(Debug)]
+pub struct NewSession {
+    pub user: User,
+    pub id: BearerSecret,
+}
+
+/// How a sign-in attempt ended.
+#[derive(Debug)]
+pub enum SignIn {
+    Accepted(NewSession),
+    /// Wrong email or password; which one is not said.
+    Refused,
+    /// Too many failures for this account or address; retry after this many seconds.
+    Throttled {
+        retry_after: i64,
+    },
+}
+
+/// The label of the CSRF token derived from a session ID.
+const CSRF_LABEL: &str = "keygate/csrf/v1";
+
+/// The CSRF token that goes with a session ID: derived from it, so it need not be stored, and
+/// revealing it in a page reveals nothing about the session ID.
+pub fn csrf_token(session: &BearerSecret) -> String {
+    session.derive(CSRF_LABEL)
+}
+
+/// Checked against when the email matches no user, so a miss costs the same time as a hit.
+static DUMMY_HASH: LazyLock<Option<PasswordHashText>> =
+    LazyLock::new(|| Password::new("keygate-timing-equaliser".into()).hash().ok());
+
+#[derive(Debug)]
+pub struct UserService {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    roles: RoleCatalog,
+    ring: Arc<KeyRing>,
+    limits: SessionLimits,
+    throttle: SignInThrottle,
+}
+
+impl UserService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        roles: RoleCatalog,
+        ring: Arc<KeyRing>,
+        limits: SessionLimits,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            roles,
+            ring,
+            throttle: SignInThrottle::new(limits.throttle),
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
+    }
+
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    /// A fresh one-time setup link for an issuer without users; `None` once it has its Account
+    /// Holder. Each call replaces the previous link, so only the last one printed works.
+    pub async fn setup_link(&self, issuer: IssuerId) -> Result<Option<BearerSecret>> {
+        let link = BearerSecret::generate()?;
+        let stored = self
+            .store
+            .set_setup_link(issuer, &link.hash(), self.clock.now())
+            .await?;
+        Ok(stored.then_some(link))
+    }
+
+    /// Whether a setup link is live (for showing the setup form).
+    pub async fn setup_link_is_live(&self, link: &str) -> Result<bool> {
+        match BearerSecret::parse(link) {
+            Some(l) => Ok(self.store.setup_link_issuer(&l.hash()).await?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// Creates the Account Holder through the setup link, which stops working, and signs them in.
+    pub async fn create_account_holder(
+        &self,
+        link: &str,
+        person: Person,
+        password: Password,
+        ip: Option<IpAddr>,
+    ) -> Result<NewSession> {
+        let link = BearerSecret::parse(link).ok_or_else(setup_link_gone)?;
+        let issuer = self
+            .store
+            .setup_link_issuer(&link.hash())
+            .await?
+            .ok_or_else(setup_link_gone)?;
+        password.validate_new()?;
+        let now = self.clock.now();
+        let user = User {
+            id: UserId::generate(),
+            issuer_id: issuer,
+            email: person.email,
+            first_name: person.first_name,
+            last_name: person.last_name,
+            roles: RoleSet::from_stored(Role::ACCOUNT_HOLDER)?,
+            password_hash: hash_password(password).await?,
+            created_at: now,
+        };
+        let audit = NewAuditEvent::new(
+            issuer,
+            now,
+            &Actor::Anonymous,
+            AuditAction::AccountHolderCreated,
+            user.id.to_string(),
+        )
+        .from_ip(ip)
+        .with_detail(json!({"email": user.email}));
+        self.store
+            .create_account_holder(&link.hash(), &user, &audit)
+            .await?;
+        self.start_session(user, ip).await
+    }
+
+    /// Checks an email and password, throttled per account and per address.
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: Password,
+        ip: Option<IpAddr>,
+    ) -> Result<SignIn> {
+        let email = email.trim();
+        let now = self.clock.now();
+        if let Some(retry_after) = self.throttle.blocked(email, ip, now) {
+            return Ok(SignIn::Throttled { retry_after });
+        }
+        let candidates = if email.is_empty() || email.len() > 254 {
+            Vec::new()
+        } else {
+            self.store.users_by_email(email).await?
+        };
+        let hashes: Vec<PasswordHashText> =
+            candidates.iter().map(|u| u.password_hash.clone()).collect();
+        let matched = tokio::task::spawn_blocking(move || {
+            if hashes.is_empty() {
+                // Same work as a real check, so timing does not say whether the email exists.
+                if let Some(dummy) = DUMMY_HASH.as_ref() {
+                    let _ = password.matches(dummy);
+                }
+                return None;
+            }
+            hashes.iter().position(|h| password.matches(h))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("password check task failed: {e}")))?;
+        let Some(user) = matched.and_then(|i| candidates.get(i)).cloned() else {
+            self.throttle.record_failure(email, ip, now);
+            for u in &candidates {
+                let audit = NewAuditEvent::new(
+                    u.issuer_id,
+                    now,
+                    &Actor::Anonymous,
+                    AuditAction::SignInFailed,
+                    u.id.to_string(),
+                )
+                .from_ip(ip);
+                self.store.append_audit_event(&audit).await?;
+            }
+            if candidates.is_empty() {
+                tracing::info!(source_ip = ?ip, "sign-in refused: no such account");
+            }
+            return Ok(SignIn::Refused);
+        };
+        self.throttle.record_success(email);
+        Ok(SignIn::Accepted(self.start_session(user, ip).await?))
+    }
+
+    async fn start_session(&self, user: User, ip: Option<IpAddr>) -> Result<NewSession> {
+        let id = BearerSecret::generate()?;
+        let now = self.clock.now();
+        let audit = NewAuditEvent::new(
+            user.issuer_id,
+            now,
+            &Actor::User(user.id),
+            AuditAction::SignedIn,
+            user.id.to_string(),
+        )
+        .from_ip(ip);
+        self.store
+            .insert_session(&id.hash(), &user, now, &audit)
+            .await?;
+        Ok(NewSession { user, id })
+    }
+
+    /// The live session behind a cookie value, if any.
+    pub async fn session(&self, id: &str) -> Result<Option<Session>> {
+        let Some(id) = BearerSecret::parse(id) else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        self.store
+            .touch_session(
+                &id.hash(),
+                now.saturating_sub(self.limits.idle_timeout),
+                now,
+            )
+            .await
+    }
+
+    /// The management-API caller a session stands for.
+    pub fn principal(session: &Session, ip: Option<IpAddr>) -> Principal {
+        Principal {
+            issuer_id: session.user.issuer_id,
+            actor: Actor::User(session.user.id),
+            roles: session.user.roles.clone(),
+            user_id: Some(session.user.id),
+            source_ip: ip,
+        }
+    }
+
+    pub async fn sign_out(&self, id: &str, session: &Session, ip: Option<IpAddr>) -> Result<()> {
+        let Some(id) = BearerSecret::parse(id) else {
+            return Ok(());
+        };
+        let audit = NewAuditEvent::new(
+            session.user.issuer_id,
+            self.clock.now(),
+            &Actor::User(session.user.id),
+            AuditAction::SignedOut,
+            session.user.id.to_string(),
+        )
+        .from_ip(ip);
+        self.store.delete_session(&id.hash(), &audit).await
+    }
+
+    /// Deletes idle sessions and spent links. Run periodically.
+    pub async fn sweep(&self) -> Result<u64> {
+        let now = self.clock.now();
+        self.store
+            .sweep_sessions(now.saturating_sub(self.limits.idle_timeout), now)
+            .await
+    }
+
+    /// Invites a person; returns the invitation and its one-time accept link.
+    pub async fn invite(
+        &self,
+        admin: &IssuerAdmin<'_>,
+        person: Person,
+        roles: &[String],
+    ) -> Result<(Invitation, BearerSecret)> {
+        let roles = grantable_roles(&self.roles, roles)?;
+        let now = self.clock.now();
+        let invitation = Invitation {
+            id: InvitationId::generate(),
+            issuer_id: admin.issuer_id(),
+            email: person.email,
+            first_name: person.first_name,
+            last_name: person.last_name,
+            roles,
+            created_by: admin.principal().actor.to_string(),
+            created_at: now,
+            expires_at: now.saturating_add(INVITATION_LIFETIME),
+        };
+        let link = BearerSecret::generate()?;
+        let audit = NewAuditEvent::new(
+            invitation.issuer_id,
+            now,
+            &admin.principal().actor,
+            AuditAction::UserInvited,
+            invitation.id.to_string(),
+        )
+        .from_ip(admin.principal().source_ip)
+        .with_detail(json!({"email": invitation.email, "roles": invitation.roles.joined()}));
+        self.store
+            .insert_invitation(&invitation, &link.hash(), &audit)
+            .await?;
+        Ok((invitation, link))
+    }
+
+    pub async fn list_invitations(&self, admin: &IssuerAdmin<'_>) -> Result<Vec<Invitation>> {
+        self.store
+            .list_invitations(admin.issuer_id(), self.clock.now())
+            .await
+    }
+
+    pub async fn cancel_invitation(&self, admin: &IssuerAdmin<'_>, id: &str) -> Result<()> {
+        let id = InvitationId::parse(id)
+            .ok_or_else(|| Error::NotFound("There is no invitation with this ID.".into()))?;
+        let audit = NewAuditEvent::new(
+            admin.issuer_id(),
+            self.clock.now(),
+            &admin.principal().actor,
+            AuditAction::InvitationCancelled,
+            id.to_string(),
+        )
+        .from_ip(admin.principal().source_ip);
+        if self
+            .store
+            .delete_invitation(admin.issuer_id(), id, &audit)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!(
+                "There is no invitation {id} in this issuer."
+            )))
+        }
+    }
+
+    /// The invitation behind an accept link, while it is valid.
+    pub async fn invitation(&self, link: &str) -> Result<Option<Invitation>> {
+        match BearerSecret::parse(link) {
+            Some(l) => {
+                self.store
+                    .invitation_by_link(&l.hash(), self.clock.now())
+                    .await
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Accepts an invitation: creates the user with the chosen password and signs them in.
+    pub async fn accept_invitation(
+        &self,
+        link: &str,
+        password: Password,
+        ip: Option<IpAddr>,
+    ) -> Result<NewSession> {
+        let gone = || {
+            Error::NotFound(
+                "This invitation link is not valid: it was used, cancelled, or is more than 3 days old. Ask for a new invitation.".into(),
+            )
+        };
+        let link = BearerSecret::parse(link).ok_or_else(gone)?;
+        let now = self.clock.now();
+        let invitation = self
+            .store
+            .invitation_by_link(&link.hash(), now)
+            .await?
+            .ok_or_else(gone)?;
+        password.validate_new()?;
+        let user = User {
+            id: UserId::generate(),
+            issuer_id: invitation.issuer_id,
+            email: invitation.email.clone(),
+            first_name: invitation.first_name.clone(),
+            last_name: invitation.last_name.clone(),
+            roles: invitation.roles.clone(),
+            password_hash: hash_password(password).await?,
+            created_at: now,
+        };
+        let audit = NewAuditEvent::new(
+            user.issuer_id,
+            now,
+            &Actor::User(user.id),
+            AuditAction::InvitationAccepted,
+            invitation.id.to_string(),
+        )
+        .from_ip(ip)
+        .with_detail(json!({"userId": user.id.to_string(), "email": user.email, "roles": user.roles.joined()}));
+        self.store
+            .accept_invitation(&link.hash(), now, &user, &audit)
+            .await?;
+        self.start_session(user, ip).await
+    }
+
+    pub async fn list_users(&self, admin: &IssuerAdmin<'_>) -> Result<Vec<User>> {
+        self.store.list_users(admin.issuer_id()).await
+    }
+
+    /// One user: an admin may read anyone in the issuer, others only themselves.
+    pub async fn get_user(&self, caller: &Principal, id: &str) -> Result<User> {
+        let id = parse_user_id(id)?;
+        let member = caller.user_reader(id)?;
+        self.store
+            .get_user(member.issuer_id(), id)
+            .await?
+            .ok_or_else(|| user_not_found(id))
+    }
+
+    /// Changes a user's roles; their individual key follows at once, on every node. The Account
+    /// Holder's roles cannot change and `ACCOUNT_HOLDER` cannot be given.
+    pub async fn set_roles(
+        &self,
+        admin: &IssuerAdmin<'_>,
+        id: &str,
+        roles: &[String],
+    ) -> Result<User> {
+        let id = parse_user_id(id)?;
+        let roles = grantable_roles(&self.roles, roles)?;
+        let now = self.clock.now();
+        let audit = NewAuditEvent::new(
+            admin.issuer_id(),
+            now,
+            &admin.principal().actor,
+            AuditAction::UserRolesChanged,
+            id.to_string(),
+        )
+        .from_ip(admin.principal().source_ip)
+        .with_detail(json!({"roles": roles.joined()}));
+        let (user, keys) = self
+            .store
+            .set_user_roles(admin.issuer_id(), id, &roles, now, &audit)
+            .await?
+            .ok_or_else(|| user_not_found(id))?;
+        self.ring.apply(&keys, i64::MIN);
+        Ok(user)
+    }
+
+    /// Removes a user, revoking their individual key at once. Never the Account Holder.
+    pub async fn remove_user(&self, admin: &IssuerAdmin<'_>, id: &str) -> Result<()> {
+        let id = parse_user_id(id)?;
+        let now = self.clock.now();
+        let audit = NewAuditEvent::new(
+            admin.issuer_id(),
+            now,
+            &admin.principal().actor,
+            AuditAction::UserRemoved,
+            id.to_string(),
+        )
+        .from_ip(admin.principal().source_ip);
+        let revoked = self
+            .store
+            .remove_user(admin.issuer_id(), id, now, &audit)
+            .await?
+            .ok_or_else(|| user_not_found(id))?;
+        self.ring.apply(&revoked, i64::MIN);
+        Ok(())
+    }
+}
+
+async fn hash_password(password: Password) -> Result<PasswordHashText> {
+    tokio::task::spawn_blocking(move || password.hash())
+        .await
+        .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))?
+}
+
+fn setup_link_gone() -> Error {
+    Error::NotFound(
+        "This setup link is not valid: the Account Holder was already created, or a newer link was printed. Sign in instead.".into(),
+    )
+}
+
+fn parse_user_id(id: &str) -> Result<UserId> {
+    UserId::parse(id).ok_or_else(|| Error::NotFound("There is no user with this ID.".into()))
+}
+
+fn user_not_found(id: UserId) -> Error {
+    Error::NotFound(format!("There is no user {id} in this issuer."))
+}

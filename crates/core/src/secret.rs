@@ -1,0 +1,216 @@
+//! Secrets people and browsers hold: session IDs, invitation and setup links, and passwords.
+//!
+//! keygate stores only a one-way form of each: SHA-256 for the 256-bit random bearer values
+//! (a lookup by hash, so no comparison of secrets happens at all), argon2id for passwords.
+//! Every type here redacts its `Debug` and zeroizes on drop.
+
+use std::fmt;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::error::{Error, Result};
+
+/// A 256-bit random bearer value from the OS CSPRNG, written as 43 base64url characters: a
+/// session ID, an invitation link or the first-run setup link.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct BearerSecret(String);
+
+/// The stored form of a [`BearerSecret`].
+pub type SecretHash = [u8; 32];
+
+impl BearerSecret {
+    const LEN: usize = 43;
+
+    pub fn generate() -> Result<Self> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(bytes.as_mut())
+            .map_err(|_| Error::Internal("OS random number generator failed".into()))?;
+        Ok(Self(URL_SAFE_NO_PAD.encode(bytes.as_ref())))
+    }
+
+    /// Accepts only the exact shape keygate hands out; anything else cannot match a stored hash.
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == Self::LEN
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .then(|| Self(text.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// SHA-256: what storage keeps and looks up by.
+    pub fn hash(&self) -> SecretHash {
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.0.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
+
+    /// A value derived from this one for another purpose (the CSRF token of a session): HMAC
+    /// under the secret, so it reveals nothing about the secret itself.
+    pub fn derive(&self, label: &str) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.0.as_bytes());
+        URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, label.as_bytes()).as_ref())
+    }
+}
+
+impl fmt::Debug for BearerSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerSecret(<redacted>)")
+    }
+}
+
+/// Compares two public-length strings in constant time (CSRF tokens).
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// A password as typed, for as long as it takes to hash or check it.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Password(String);
+
+impl Password {
+    /// Shortest and longest accepted passwords (NIST SP 800-63B: at least 8; long passphrases welcome).
+    pub const MIN_CHARS: usize = 10;
+    pub const MAX_CHARS: usize = 256;
+
+    pub fn new(text: String) -> Self {
+        Self(text)
+    }
+
+    /// Checks a new password against the rules, with a message fit for a form.
+    pub fn validate_new(&self) -> Result<()> {
+        let n = self.0.chars().count();
+        if n < Self::MIN_CHARS {
+            return Err(Error::attribute(
+                "password",
+                format!(
+                    "The password must have at least {} characters.",
+                    Self::MIN_CHARS
+                ),
+            ));
+        }
+        if n > Self::MAX_CHARS {
+            return Err(Error::attribute(
+                "password",
+                format!(
+                    "The password must have at most {} characters.",
+                    Self::MAX_CHARS
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hashes with argon2id at OWASP's parameters (19 MiB, 2 passes, 1 lane) and a random salt,
+    /// as a PHC string. Takes tens of milliseconds: call it off the async workers.
+    pub fn hash(&self) -> Result<PasswordHashText> {
+        let mut salt = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| Error::Internal("OS random number generator failed".into()))?;
+        let salt = SaltString::encode_b64(&salt)
+            .map_err(|e| Error::Internal(format!("password salt: {e}")))?;
+        let phc = argon2()?
+            .hash_password(self.0.as_bytes(), &salt)
+            .map_err(|e| Error::Internal(format!("password hashing failed: {e}")))?;
+        Ok(PasswordHashText(phc.to_string()))
+    }
+
+    /// Checks against a stored hash, in constant time. A corrupt stored hash never matches.
+    pub fn matches(&self, stored: &PasswordHashText) -> bool {
+        PasswordHash::new(&stored.0).is_ok_and(|parsed| {
+            Argon2::default()
+                .verify_password(self.0.as_bytes(), &parsed)
+                .is_ok()
+        })
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+fn argon2() -> Result<Argon2<'static>> {
+    let params = Params::new(19 * 1024, 2, 1, None)
+        .map_err(|e| Error::Internal(format!("argon2 parameters: {e}")))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+/// An argon2id PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`), as stored.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct PasswordHashText(String);
+
+impl PasswordHashText {
+    pub fn from_stored(text: String) -> Self {
+        Self(text)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PasswordHashText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHashText(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_secrets_are_random_hashed_and_redacted() {
+        let a = BearerSecret::generate().unwrap();
+        let b = BearerSecret::generate().unwrap();
+        assert_eq!(a.expose().len(), 43);
+        assert_ne!(a.expose(), b.expose());
+        assert_ne!(a.hash(), b.hash());
+        assert_eq!(BearerSecret::parse(a.expose()).unwrap().hash(), a.hash());
+        assert!(!format!("{a:?}").contains(a.expose()));
+        assert_ne!(a.derive("csrf"), a.derive("other"));
+        assert!(!a.derive("csrf").contains(a.expose()));
+        for bad in [
+            "",
+            "short",
+            &"a".repeat(44),
+            &format!("{}=", &a.expose()[..42]),
+        ] {
+            assert!(BearerSecret::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_hash_with_argon2id_and_check() {
+        let pw = Password::new("correct horse battery".into());
+        let stored = pw.hash().unwrap();
+        assert!(
+            stored
+                .as_str()
+                .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
+        );
+        assert!(pw.matches(&stored));
+        assert!(!Password::new("correct horse battery!".into()).matches(&stored));
+        assert!(!pw.matches(&PasswordHashText::from_stored("garbage".into())));
+        assert!(!format!("{pw:?} {stored:?}").contains("horse"));
+        assert!(Password::new("short".into()).validate_new().is_err());
+        assert!(constant_time_eq("abc", "abc") && !constant_time_eq("abc", "abd"));
+        assert!(!constant_time_eq("abc", "ab"));
+    }
+}

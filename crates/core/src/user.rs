@@ -1,0 +1,169 @@
+//! People: users of an issuer, invitations to become one, and their web sessions.
+
+use crate::clock::UnixTime;
+use crate::error::{Error, Result};
+use crate::ids::{InvitationId, IssuerId, UserId};
+use crate::role::{Role, RoleCatalog, RoleSet};
+use crate::secret::PasswordHashText;
+
+/// A person of one issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub issuer_id: IssuerId,
+    /// As entered; unique per issuer regardless of case.
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub roles: RoleSet,
+    pub password_hash: PasswordHashText,
+    pub created_at: UnixTime,
+}
+
+impl User {
+    pub fn is_account_holder(&self) -> bool {
+        self.roles.contains(Role::ACCOUNT_HOLDER)
+    }
+    pub fn display_name(&self) -> String {
+        format!("{} {}", self.first_name, self.last_name)
+    }
+}
+
+/// An invitation: a one-time accept link, valid for [`INVITATION_LIFETIME`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    pub id: InvitationId,
+    pub issuer_id: IssuerId,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub roles: RoleSet,
+    pub created_by: String,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+/// Three days, as App Store Connect's invitations.
+pub const INVITATION_LIFETIME: i64 = 3 * 24 * 3600;
+
+/// A live web session, as found by its ID's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: User,
+    pub created_at: UnixTime,
+    pub last_seen_at: UnixTime,
+}
+
+/// The person-describing attributes of a user or invitation, validated.
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+const MAX_NAME_CHARS: usize = 100;
+const MAX_EMAIL_CHARS: usize = 254;
+
+impl Person {
+    pub fn validate(email: &str, first_name: &str, last_name: &str) -> Result<Self> {
+        let email = email.trim();
+        let (local, domain) = email.split_once('@').unwrap_or(("", ""));
+        if email.chars().count() > MAX_EMAIL_CHARS
+            || local.is_empty()
+            || domain.is_empty()
+            || domain.contains('@')
+            || !domain.contains('.')
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+            || email.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(Error::attribute(
+                "email",
+                "email must be an address such as name@example.com.",
+            ));
+        }
+        Ok(Self {
+            email: email.to_owned(),
+            first_name: validate_name("firstName", first_name)?,
+            last_name: validate_name("lastName", last_name)?,
+        })
+    }
+}
+
+fn validate_name(field: &str, name: &str) -> Result<String> {
+    let name = name.trim();
+    let n = name.chars().count();
+    if n == 0 {
+        return Err(Error::attribute(field, format!("{field} is required.")));
+    }
+    if n > MAX_NAME_CHARS {
+        return Err(Error::attribute(
+            field,
+            format!("{field} is at most {MAX_NAME_CHARS} characters."),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::attribute(
+            field,
+            format!("{field} must not contain control characters."),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The roles one person may give another (by invitation or a role change): known roles, at
+/// least one, and never `ACCOUNT_HOLDER`, which belongs to exactly one person and is never
+/// handed on.
+pub fn grantable_roles<S: AsRef<str>>(catalog: &RoleCatalog, names: &[S]) -> Result<RoleSet> {
+    catalog.key_roles(names).map_err(|e| match e {
+        Error::Invalid { detail, .. } => Error::attribute(
+            "roles",
+            detail.replace("cannot be given to a key", "cannot be given to anyone"),
+        ),
+        other => other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn person_validation_table() {
+        assert!(Person::validate("ada@example.com", "Ada", "Lovelace").is_ok());
+        assert_eq!(
+            Person::validate("  ada@example.com ", " Ada ", "L")
+                .unwrap()
+                .email,
+            "ada@example.com"
+        );
+        for (email, first, last) in [
+            ("ada", "Ada", "L"),
+            ("@example.com", "Ada", "L"),
+            ("ada@", "Ada", "L"),
+            ("ada@localhost", "Ada", "L"),
+            ("ada@@example.com", "Ada", "L"),
+            ("a da@example.com", "Ada", "L"),
+            ("ada@example.com", "", "L"),
+            ("ada@example.com", "Ada", "  "),
+            ("ada@example.com", "A\u{7}", "L"),
+        ] {
+            assert!(
+                Person::validate(email, first, last).is_err(),
+                "{email} {first} {last}"
+            );
+        }
+        let long = "x".repeat(101);
+        assert!(Person::validate("ada@example.com", &long, "L").is_err());
+    }
+
+    #[test]
+    fn account_holder_is_never_grantable() {
+        let cat = RoleCatalog::default();
+        assert!(grantable_roles(&cat, &["ADMIN", "DEVELOPER"]).is_ok());
+        let err = grantable_roles(&cat, &["ACCOUNT_HOLDER"]).unwrap_err();
+        assert!(err.to_string().contains("anyone"), "{err}");
+        assert!(grantable_roles::<&str>(&cat, &[]).is_err());
+    }
+}

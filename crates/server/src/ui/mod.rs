@@ -1,0 +1,501 @@
+//! The web UI (SPEC §6.4): server-rendered pages that work without JavaScript.
+//!
+//! Pages call the same core services as the management API, with the same permission proofs;
+//! this module only renders and reads forms. Every page is `Cache-Control: no-store` (they show
+//! issuer data, download links and one-time links) and carries a strict CSP with no script at
+//! all. Every state-changing form carries a CSRF token: for a signed-in user the one derived
+//! from the session ID, before sign-in a double-submit value from a short-lived cookie.
+
+// A refusal here is the finished page; boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
+mod access;
+mod people;
+mod sign_in;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use keygate_core::authz::Principal;
+use keygate_core::error::Error;
+use keygate_core::people::{UserService, csrf_token};
+use keygate_core::role::{Role, RoleCatalog};
+use keygate_core::secret::{BearerSecret, constant_time_eq};
+use keygate_core::user::Session;
+use maud::{DOCTYPE, Markup, html};
+
+use crate::AppState;
+use crate::auth::{SESSION_COOKIE, cookie, csrf_matches, peer_ip};
+use crate::error::ErrorBody;
+
+/// The pre-session CSRF cookie (sign-in, setup and invitation forms).
+const FORM_COOKIE: &str = "keygate_form";
+/// The form field every state-changing form carries.
+const CSRF_FIELD: &str = "csrf_token";
+/// The largest form body read.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/static/keygate.css", get(stylesheet))
+        .route(
+            "/setup/{link}",
+            get(sign_in::setup_form).post(sign_in::setup_submit),
+        )
+        .route(
+            "/signin",
+            get(sign_in::sign_in_form).post(sign_in::sign_in_submit),
+        )
+        .route("/signout", post(sign_in::sign_out))
+        .route(
+            "/invitations/{link}",
+            get(sign_in::accept_form).post(sign_in::accept_submit),
+        )
+        .route("/access/people", get(people::people))
+        .route("/access/people/invite", post(people::invite))
+        .route("/access/people/{id}/roles", post(people::change_roles))
+        .route(
+            "/access/people/{id}/remove",
+            get(people::remove_confirm).post(people::remove),
+        )
+        .route(
+            "/access/invitations/{id}/cancel",
+            post(people::cancel_invitation),
+        )
+        .route("/access/integrations", get(access::integrations))
+        .route(
+            "/access/integrations/generate",
+            get(access::generate_form).post(access::generate),
+        )
+        .route(
+            "/access/integrations/individual",
+            post(access::generate_individual),
+        )
+        .route("/access/keys/{id}/download", get(access::download))
+        .route(
+            "/access/keys/{id}/revoke",
+            get(access::revoke_confirm).post(access::revoke),
+        )
+        .route("/access/audit", get(access::audit_log))
+        .layer(middleware::from_fn(page_headers))
+}
+
+/// No caching, no framing, no scripts, no referrer (setup and invitation URLs hold secrets).
+async fn page_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+async fn stylesheet() -> Response {
+    let mut resp = Response::new(Body::from(include_str!("keygate.css")));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    resp
+}
+
+async fn home(
+    headers: HeaderMap,
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Response {
+    let signed_in = match cookie(&headers, SESSION_COOKIE) {
+        Some(id) => matches!(state.users.session(id).await, Ok(Some(_))),
+        None => false,
+    };
+    redirect(if signed_in {
+        "/access/integrations"
+    } else {
+        "/signin"
+    })
+}
+
+/// A signed-in user, from the session cookie. Pages that need one redirect to sign-in without it.
+#[derive(Debug)]
+pub struct Web {
+    pub session: Session,
+    /// The CSRF token forms of this session carry.
+    pub csrf: String,
+    pub principal: Principal,
+    session_id: String,
+}
+
+impl Web {
+    /// Checks the CSRF token of a submitted form.
+    fn check_csrf(&self, form: &Form) -> Result<(), Response> {
+        if csrf_matches(&self.session_id, form.get(CSRF_FIELD)) {
+            Ok(())
+        } else {
+            Err(csrf_refused())
+        }
+    }
+
+    fn is_admin(&self) -> bool {
+        self.principal.roles.is_admin()
+    }
+}
+
+impl FromRequestParts<AppState> for Web {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(id) = cookie(&parts.headers, SESSION_COOKIE).map(str::to_owned) else {
+            return Err(redirect("/signin"));
+        };
+        match state.users.session(&id).await {
+            Ok(Some(session)) => {
+                let csrf = BearerSecret::parse(&id)
+                    .map(|s| csrf_token(&s))
+                    .unwrap_or_default();
+                let principal = UserService::principal(&session, peer_ip(parts));
+                Ok(Self {
+                    session,
+                    csrf,
+                    principal,
+                    session_id: id,
+                })
+            }
+            Ok(None) => {
+                let mut resp = redirect("/signin?expired=1");
+                clear_cookie(&mut resp, SESSION_COOKIE);
+                Err(resp)
+            }
+            Err(e) => Err(error_page(None, e)),
+        }
+    }
+}
+
+/// A submitted `application/x-www-form-urlencoded` body.
+#[derive(Debug, Default)]
+pub struct Form(Vec<(String, String)>);
+
+impl Form {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// A field's value, or empty.
+    pub fn text(&self, name: &str) -> &str {
+        self.get(name).unwrap_or("")
+    }
+    /// Takes a field's value out (for passwords, which should not linger).
+    pub fn take(&mut self, name: &str) -> String {
+        self.0
+            .iter_mut()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| std::mem::take(v))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Form {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        for (_, v) in &mut self.0 {
+            v.zeroize();
+        }
+    }
+}
+
+async fn read_form(body: Body) -> Result<Form, Response> {
+    let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
+        .await
+        .map_err(|_| {
+            message_page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Form too large",
+                "The form is larger than keygate accepts.",
+            )
+        })?;
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
+        .map(Form)
+        .map_err(|_| {
+            message_page(
+                StatusCode::BAD_REQUEST,
+                "Unreadable form",
+                "The form could not be read. Reload the page and try again.",
+            )
+        })
+}
+
+/// Checks a CSRF token that came in a link's query (the one-time download link).
+fn csrf_matches_query(web: &Web, presented: Option<&str>) -> bool {
+    csrf_matches(&web.session_id, presented)
+}
+
+fn csrf_refused() -> Response {
+    message_page(
+        StatusCode::FORBIDDEN,
+        "Form expired",
+        "This form has expired or did not come from keygate (its security token is missing or wrong). Go back, reload the page and try again.",
+    )
+}
+
+/// A fresh pre-session form token and the cookie that holds it.
+fn pre_session_token(headers: &HeaderMap, state: &AppState) -> (String, Option<HeaderValue>) {
+    if let Some(existing) =
+        cookie(headers, FORM_COOKIE).filter(|v| BearerSecret::parse(v).is_some())
+    {
+        return (existing.to_owned(), None);
+    }
+    let token = BearerSecret::generate()
+        .map(|s| s.expose().to_owned())
+        .unwrap_or_default();
+    let cookie = cookie_header(FORM_COOKIE, &token, Some(3600), is_secure(headers, state));
+    (token, cookie)
+}
+
+/// Checks the double-submit token of a form sent before sign-in.
+fn check_pre_session(headers: &HeaderMap, form: &Form) -> Result<(), Response> {
+    match (cookie(headers, FORM_COOKIE), form.get(CSRF_FIELD)) {
+        (Some(c), Some(f)) if !c.is_empty() && constant_time_eq(c, f) => Ok(()),
+        _ => Err(csrf_refused()),
+    }
+}
+
+fn is_secure(headers: &HeaderMap, state: &AppState) -> bool {
+    state.secure_cookies
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+/// `scheme://host` as the browser sees keygate, for links a person passes on.
+fn origin(headers: &HeaderMap, state: &AppState) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    let scheme = if is_secure(headers, state) {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}")
+}
+
+fn cookie_header(
+    name: &str,
+    value: &str,
+    max_age: Option<i64>,
+    secure: bool,
+) -> Option<HeaderValue> {
+    use std::fmt::Write as _;
+    let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict");
+    if let Some(age) = max_age {
+        let _ = write!(c, "; Max-Age={age}");
+    }
+    if secure {
+        c.push_str("; Secure");
+    }
+    HeaderValue::from_str(&c).ok()
+}
+
+fn clear_cookie(resp: &mut Response, name: &str) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+    )) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// Signs the browser in: the session cookie, and the pre-session cookie cleared.
+fn start_session(
+    headers: &HeaderMap,
+    state: &AppState,
+    session: &keygate_core::people::NewSession,
+    to: &str,
+) -> Response {
+    let mut resp = redirect(to);
+    if let Some(c) = cookie_header(
+        SESSION_COOKIE,
+        session.id.expose(),
+        None,
+        is_secure(headers, state),
+    ) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    clear_cookie(&mut resp, FORM_COOKIE);
+    resp
+}
+
+/// `303 See Other`: after a form, the browser loads the next page with `GET`.
+fn redirect(to: &str) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn html_response(status: StatusCode, markup: Markup) -> Response {
+    let mut resp = (status, markup.into_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
+
+/// The page frame: header with navigation for a signed-in user, then `content`.
+fn layout(title: &str, web: Option<&Web>, content: &Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " – keygate" }
+                link rel="stylesheet" href="/static/keygate.css";
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "keygate" }
+                    @if let Some(w) = web {
+                        nav aria-label="Main" {
+                            a href="/access/integrations" { "Users and Access" }
+                            @if w.is_admin() {
+                                a href="/access/audit" { "Audit Log" }
+                            }
+                        }
+                        form.signout method="post" action="/signout" {
+                            input type="hidden" name=(CSRF_FIELD) value=(w.csrf);
+                            span.who { (w.session.user.display_name()) }
+                            button type="submit" { "Sign Out" }
+                        }
+                    }
+                }
+                main id="main" { (content) }
+            }
+        }
+    }
+}
+
+/// A page with a heading and one paragraph, for outcomes and refusals.
+fn message_page(status: StatusCode, title: &str, text: &str) -> Response {
+    let content = html! {
+        h1 { (title) }
+        p.error role="alert" { (text) }
+        p { a href="/" { "Back to keygate" } }
+    };
+    html_response(status, layout(title, None, &content))
+}
+
+/// A domain error as a page: the same status and explanation as the API would give.
+fn error_page(web: Option<&Web>, e: Error) -> Response {
+    let (body, log) = ErrorBody::from_error(e);
+    if let Some(log) = log {
+        tracing::error!(status = body.status, "{log}");
+    }
+    let status = StatusCode::from_u16(body.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content = html! {
+        h1 { (body.title) }
+        p.error role="alert" { (body.detail) }
+        p { a href="/access/integrations" { "Back to Users and Access" } }
+    };
+    html_response(status, layout(body.title, web, &content))
+}
+
+/// The detail text of an error, for showing next to a form.
+fn error_text(e: Error) -> (StatusCode, String) {
+    let (body, log) = ErrorBody::from_error(e);
+    if let Some(log) = log {
+        tracing::error!(status = body.status, "{log}");
+    }
+    (
+        StatusCode::from_u16(body.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body.detail,
+    )
+}
+
+/// An error banner, if there is a message.
+fn alert(message: Option<&str>) -> Markup {
+    html! {
+        @if let Some(m) = message {
+            div.error role="alert" { (m) }
+        }
+    }
+}
+
+/// The roles a person may be given, for `<select>`s: every known role but `ACCOUNT_HOLDER`.
+fn grantable(catalog: &RoleCatalog) -> Vec<&Role> {
+    catalog
+        .iter()
+        .filter(|r| r.as_str() != Role::ACCOUNT_HOLDER)
+        .collect()
+}
+
+/// `APP_MANAGER` as "App Manager".
+fn role_label(name: &str) -> String {
+    name.split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map_or_else(String::new, |f| {
+                f.to_uppercase().collect::<String>() + &c.as_str().to_lowercase()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn role_select(id: &str, name: &str, catalog: &RoleCatalog, selected: Option<&str>) -> Markup {
+    html! {
+        select id=(id) name=(name) required {
+            @for r in grantable(catalog) {
+                option value=(r.as_str()) selected[selected == Some(r.as_str())] { (role_label(r.as_str())) }
+            }
+        }
+    }
+}
+
+fn roles_text(roles: &keygate_core::role::RoleSet) -> String {
+    roles
+        .iter()
+        .map(|r| role_label(r.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn date(t: i64) -> String {
+    keygate_core::time_fmt::rfc3339(t)
+        .get(..16)
+        .map(|d| d.replace('T', " "))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_labels_read_as_words() {
+        assert_eq!(role_label("APP_MANAGER"), "App Manager");
+        assert_eq!(role_label("ADMIN"), "Admin");
+        assert_eq!(date(0), "1970-01-01 00:00");
+    }
+}

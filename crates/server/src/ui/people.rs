@@ -1,0 +1,334 @@
+//! Users and Access → People: the issuer's users, pending invitations, inviting, changing roles
+//! and removing.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use keygate_core::user::Person;
+use maud::{Markup, html};
+
+use super::{
+    CSRF_FIELD, Web, alert, date, error_page, error_text, html_response, layout, read_form,
+    redirect, role_select, roles_text,
+};
+use crate::AppState;
+
+/// The tabs of Users and Access.
+pub(super) fn tabs(active: &str) -> Markup {
+    html! {
+        h1 { "Users and Access" }
+        nav.tabs aria-label="Users and Access" {
+            @for (name, href) in [("People", "/access/people"), ("Integrations", "/access/integrations")] {
+                @if name == active {
+                    a href=(href) aria-current="page" { (name) }
+                } @else {
+                    a href=(href) { (name) }
+                }
+            }
+        }
+    }
+}
+
+/// What the People page shows above its lists after an action.
+#[derive(Default)]
+struct Outcome<'a> {
+    message: Option<&'a str>,
+    notice: Option<Markup>,
+    invite_values: (&'a str, &'a str, &'a str, Option<&'a str>),
+}
+
+fn invitations_table(web: &Web, invitations: &[keygate_core::user::Invitation]) -> Markup {
+    html! {
+                @if invitations.is_empty() {
+                    p { "No pending invitations." }
+                } @else {
+                    table {
+                        thead { tr {
+                            th scope="col" { "Name" } th scope="col" { "Email" } th scope="col" { "Roles" } th scope="col" { "Expires" } th scope="col" { "Actions" }
+                        } }
+                        tbody {
+                            @for i in invitations {
+                                tr {
+                                    td { (i.first_name) " " (i.last_name) }
+                                    td { (i.email) }
+                                    td { (roles_text(&i.roles)) }
+                                    td { (date(i.expires_at)) }
+                                    td {
+                                        form.inline method="post" action=(format!("/access/invitations/{}/cancel", i.id)) {
+                                            input type="hidden" name=(CSRF_FIELD) value=(web.csrf);
+                                            button type="submit" { "Cancel Invitation" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+    }
+}
+
+async fn people_page(
+    state: &AppState,
+    web: &Web,
+    status: StatusCode,
+    out: Outcome<'_>,
+) -> Response {
+    let catalog = state.keys.roles();
+    let (users, invitations) = match web.principal.admin() {
+        Ok(admin) => {
+            let users = match state.users.list_users(&admin).await {
+                Ok(u) => u,
+                Err(e) => return error_page(Some(web), e),
+            };
+            let invitations = match state.users.list_invitations(&admin).await {
+                Ok(i) => i,
+                Err(e) => return error_page(Some(web), e),
+            };
+            (users, invitations)
+        }
+        // Without ADMIN a person sees only themselves.
+        Err(_) => (vec![web.session.user.clone()], Vec::new()),
+    };
+    let admin = web.is_admin();
+    let content = html! {
+        (tabs("People"))
+        @if let Some(n) = &out.notice {
+            div.notice role="status" { (n) }
+        }
+        (alert(out.message))
+        section aria-labelledby="people-heading" {
+            h2 id="people-heading" { "People" }
+            table {
+                thead { tr {
+                    th scope="col" { "Name" } th scope="col" { "Email" } th scope="col" { "Roles" }
+                    @if admin { th scope="col" { "Actions" } }
+                } }
+                tbody {
+                    @for u in &users {
+                        tr {
+                            td { (u.display_name()) }
+                            td { (u.email) }
+                            td { (roles_text(&u.roles)) }
+                            @if admin {
+                                td {
+                                    @if u.is_account_holder() {
+                                        "Account Holder"
+                                    } @else {
+                                        form.inline method="post" action=(format!("/access/people/{}/roles", u.id)) {
+                                            input type="hidden" name=(CSRF_FIELD) value=(web.csrf);
+                                            label.visually-hidden for=(format!("role-{}", u.id)) { "Role for " (u.display_name()) }
+                                            (role_select(&format!("role-{}", u.id), "role", catalog, u.roles.iter().next().map(keygate_core::role::Role::as_str)))
+                                            button type="submit" { "Change Role" }
+                                        }
+                                        " "
+                                        a href=(format!("/access/people/{}/remove", u.id)) { "Remove " span.visually-hidden { (u.display_name()) } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if admin {
+            section aria-labelledby="invitations-heading" {
+                h2 id="invitations-heading" { "Invitations" }
+                (invitations_table(web, &invitations))
+                h3 { "Invite User" }
+                form.stack method="post" action="/access/people/invite" {
+                    input type="hidden" name=(CSRF_FIELD) value=(web.csrf);
+                    label for="first_name" { "First Name" }
+                    input id="first_name" name="first_name" type="text" required maxlength="100" value=(out.invite_values.0);
+                    label for="last_name" { "Last Name" }
+                    input id="last_name" name="last_name" type="text" required maxlength="100" value=(out.invite_values.1);
+                    label for="email" { "Email" }
+                    input id="email" name="email" type="email" required maxlength="254" value=(out.invite_values.2);
+                    label for="role" { "Role" }
+                    (role_select("role", "role", catalog, out.invite_values.3.or(Some("DEVELOPER"))))
+                    button type="submit" { "Invite" }
+                }
+            }
+        }
+    };
+    html_response(status, layout("People", Some(web), &content))
+}
+
+pub async fn people(State(state): State<AppState>, web: Web) -> Response {
+    people_page(&state, &web, StatusCode::OK, Outcome::default()).await
+}
+
+pub async fn invite(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    web: Web,
+    body: Body,
+) -> Response {
+    let form = match read_form(body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = web.check_csrf(&form) {
+        return r;
+    }
+    let admin = match web.principal.admin() {
+        Ok(a) => a,
+        Err(e) => return error_page(Some(&web), e),
+    };
+    let (first, last, email, role) = (
+        form.text("first_name"),
+        form.text("last_name"),
+        form.text("email"),
+        form.text("role"),
+    );
+    let result = match Person::validate(email, first, last) {
+        Ok(person) => state.users.invite(&admin, person, &[role.to_owned()]).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((invitation, link)) => {
+            let url = format!(
+                "{}/invitations/{}",
+                super::origin(&headers, &state),
+                link.expose()
+            );
+            let notice = html! {
+                p { "Invitation created for " (invitation.email) ". keygate sends no email: give them this link. It works once, for 3 days, and is not shown again." }
+                p { label for="accept-link" { "Invitation link" } }
+                p { input id="accept-link" type="text" readonly value=(url) size="80"; }
+            };
+            people_page(
+                &state,
+                &web,
+                StatusCode::OK,
+                Outcome {
+                    notice: Some(notice),
+                    ..Outcome::default()
+                },
+            )
+            .await
+        }
+        Err(e) => {
+            let (status, m) = error_text(e);
+            people_page(
+                &state,
+                &web,
+                status,
+                Outcome {
+                    message: Some(&m),
+                    invite_values: (first, last, email, Some(role)),
+                    ..Outcome::default()
+                },
+            )
+            .await
+        }
+    }
+}
+
+pub async fn change_roles(
+    State(state): State<AppState>,
+    web: Web,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    let form = match read_form(body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = web.check_csrf(&form) {
+        return r;
+    }
+    let result = match web.principal.admin() {
+        Ok(admin) => {
+            state
+                .users
+                .set_roles(&admin, &id, &[form.text("role").to_owned()])
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => redirect("/access/people"),
+        Err(e) => {
+            let (status, m) = error_text(e);
+            people_page(
+                &state,
+                &web,
+                status,
+                Outcome {
+                    message: Some(&m),
+                    ..Outcome::default()
+                },
+            )
+            .await
+        }
+    }
+}
+
+pub async fn remove_confirm(
+    State(state): State<AppState>,
+    web: Web,
+    Path(id): Path<String>,
+) -> Response {
+    let user = match state.users.get_user(&web.principal, &id).await {
+        Ok(u) => u,
+        Err(e) => return error_page(Some(&web), e),
+    };
+    let content = html! {
+        h1 { "Remove " (user.display_name()) "?" }
+        p { (user.display_name()) " (" (user.email) ") will lose access at once, and their individual API key is revoked. This cannot be undone." }
+        form.inline method="post" action=(format!("/access/people/{}/remove", user.id)) {
+            input type="hidden" name=(CSRF_FIELD) value=(web.csrf);
+            button.danger type="submit" { "Remove" }
+        }
+        " "
+        a href="/access/people" { "Cancel" }
+    };
+    html_response(StatusCode::OK, layout("Remove User", Some(&web), &content))
+}
+
+pub async fn remove(
+    State(state): State<AppState>,
+    web: Web,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    let form = match read_form(body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = web.check_csrf(&form) {
+        return r;
+    }
+    let result = match web.principal.admin() {
+        Ok(admin) => state.users.remove_user(&admin, &id).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => redirect("/access/people"),
+        Err(e) => error_page(Some(&web), e),
+    }
+}
+
+pub async fn cancel_invitation(
+    State(state): State<AppState>,
+    web: Web,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    let form = match read_form(body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = web.check_csrf(&form) {
+        return r;
+    }
+    let result = match web.principal.admin() {
+        Ok(admin) => state.users.cancel_invitation(&admin, &id).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => redirect("/access/people"),
+        Err(e) => error_page(Some(&web), e),
+    }
+}
