@@ -16,12 +16,16 @@ use keygate_core::audit::{AuditAction, NewAuditEvent};
 use keygate_core::crypto::{MasterKey, PrivateKeyPem, SealedPrivateKey, generate_key_pair};
 use keygate_core::error::{Error, PrivateKeyUnavailable};
 use keygate_core::ids::{Actor, IssuerId, KeyId};
+use keygate_core::ids::{InvitationId, UserId};
 use keygate_core::key::{
     Algorithm, ApiKey, KeyCursor, KeyQuery, KeyType, PrivateKeyState, StatusFilter,
 };
 use keygate_core::meter::KeyUsage;
 use keygate_core::role::RoleCatalog;
+use keygate_core::role::RoleSet;
+use keygate_core::secret::{BearerSecret, PasswordHashText, SecretHash};
 use keygate_core::store::{Issuer, Store, TakePrivateKey};
+use keygate_core::user::{Invitation, User};
 
 const T0: i64 = 1_795_687_200;
 
@@ -833,6 +837,407 @@ async fn usage_adds_up_and_keeps_the_newest_time(store: Arc<dyn Store>) {
     assert_eq!(seq_before, seq_after);
 }
 
+// ---- people ----------------------------------------------------------------------------------
+
+fn user(issuer: IssuerId, email: &str, roles: &str) -> User {
+    User {
+        id: UserId::generate(),
+        issuer_id: issuer,
+        email: email.into(),
+        first_name: "Test".into(),
+        last_name: "Person".into(),
+        roles: RoleSet::from_stored(roles).unwrap(),
+        password_hash: PasswordHashText::from_stored(
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        ),
+        created_at: T0,
+    }
+}
+
+fn invitation(issuer: IssuerId, email: &str, expires_at: i64) -> Invitation {
+    Invitation {
+        id: InvitationId::generate(),
+        issuer_id: issuer,
+        email: email.into(),
+        first_name: "Invited".into(),
+        last_name: "Person".into(),
+        roles: RoleSet::from_stored("DEVELOPER").unwrap(),
+        created_by: "apiKey:ABCDEFGHIJ".into(),
+        created_at: T0,
+        expires_at,
+    }
+}
+
+fn link() -> SecretHash {
+    BearerSecret::generate().unwrap().hash()
+}
+
+async fn setup_and_invitation_links_work_once(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let first = link();
+    assert!(store.set_setup_link(iss, &first, T0).await.unwrap());
+    let second = link();
+    assert!(
+        store.set_setup_link(iss, &second, T0).await.unwrap(),
+        "a new link replaces the old"
+    );
+    assert_eq!(store.setup_link_issuer(&first).await.unwrap(), None);
+    assert_eq!(store.setup_link_issuer(&second).await.unwrap(), Some(iss));
+    let holder = user(iss, "Holder@Example.com", "ACCOUNT_HOLDER");
+    let audit = event(iss, AuditAction::AccountHolderCreated, "x");
+    assert!(matches!(
+        store.create_account_holder(&first, &holder, &audit).await,
+        Err(Error::NotFound(_))
+    ));
+    store
+        .create_account_holder(&second, &holder, &audit)
+        .await
+        .unwrap();
+    let again = user(iss, "other@example.com", "ACCOUNT_HOLDER");
+    assert!(
+        matches!(
+            store.create_account_holder(&second, &again, &audit).await,
+            Err(Error::NotFound(_))
+        ),
+        "the link is spent"
+    );
+    assert!(
+        !store.set_setup_link(iss, &link(), T0).await.unwrap(),
+        "no link once a user exists"
+    );
+    // Emails are unique per issuer regardless of case, and sign-in finds them so.
+    let found = store.users_by_email("holder@EXAMPLE.com").await.unwrap();
+    assert_eq!(found, vec![holder.clone()]);
+    assert_eq!(
+        store.get_user(iss, holder.id).await.unwrap(),
+        Some(holder.clone())
+    );
+    assert_eq!(
+        store
+            .get_user(issuer(&store).await, holder.id)
+            .await
+            .unwrap(),
+        None,
+        "not across issuers"
+    );
+
+    // Invitations: one per address, not for a user's address, accepted once, never when expired.
+    let inv = invitation(iss, "dev@example.com", T0 + 100);
+    let inv_link = link();
+    let ev = event(iss, AuditAction::UserInvited, "i");
+    store.insert_invitation(&inv, &inv_link, &ev).await.unwrap();
+    assert!(matches!(
+        store
+            .insert_invitation(&invitation(iss, "DEV@example.com", T0 + 100), &link(), &ev)
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .insert_invitation(
+                &invitation(iss, "holder@example.com", T0 + 100),
+                &link(),
+                &ev
+            )
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(
+        store.invitation_by_link(&inv_link, T0).await.unwrap(),
+        Some(inv.clone())
+    );
+    assert_eq!(
+        store.invitation_by_link(&inv_link, T0 + 100).await.unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(
+        store.list_invitations(iss, T0).await.unwrap(),
+        vec![inv.clone()]
+    );
+    let dev = User {
+        email: inv.email.clone(),
+        ..user(iss, "", "DEVELOPER")
+    };
+    let accepted = event(iss, AuditAction::InvitationAccepted, "i");
+    assert!(
+        matches!(
+            store
+                .accept_invitation(&inv_link, T0 + 100, &dev, &accepted)
+                .await,
+            Err(Error::NotFound(_))
+        ),
+        "expired links are refused"
+    );
+    // Two people racing with the same link: exactly one user.
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let dev = User {
+                id: UserId::generate(),
+                ..dev.clone()
+            };
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                store
+                    .accept_invitation(&inv_link, T0 + 1, &dev, &accepted)
+                    .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for r in racers {
+        if r.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(store.list_users(iss).await.unwrap().len(), 2);
+    assert!(store.list_invitations(iss, T0).await.unwrap().is_empty());
+    let gone = invitation(iss, "gone@example.com", T0 + 100);
+    store.insert_invitation(&gone, &link(), &ev).await.unwrap();
+    let cancel = event(iss, AuditAction::InvitationCancelled, "i");
+    assert!(
+        store
+            .delete_invitation(iss, gone.id, &cancel)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_invitation(iss, gone.id, &cancel)
+            .await
+            .unwrap()
+    );
+}
+
+async fn roles_follow_users_to_their_individual_keys(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let holder = user(iss, "holder@example.com", "ACCOUNT_HOLDER");
+    let setup = link();
+    store.set_setup_link(iss, &setup, T0).await.unwrap();
+    store
+        .create_account_holder(
+            &setup,
+            &holder,
+            &event(iss, AuditAction::AccountHolderCreated, "h"),
+        )
+        .await
+        .unwrap();
+    let dev = user(iss, "dev@example.com", "DEVELOPER");
+    let inv = invitation(iss, &dev.email, T0 + 100);
+    let inv_link = link();
+    store
+        .insert_invitation(&inv, &inv_link, &event(iss, AuditAction::UserInvited, "i"))
+        .await
+        .unwrap();
+    store
+        .accept_invitation(
+            &inv_link,
+            T0,
+            &dev,
+            &event(iss, AuditAction::InvitationAccepted, "i"),
+        )
+        .await
+        .unwrap();
+
+    // The Account Holder is neither removed nor changed.
+    let ev = event(iss, AuditAction::UserRolesChanged, "u");
+    let admin_roles = RoleSet::from_stored("ADMIN").unwrap();
+    assert!(matches!(
+        store
+            .set_user_roles(iss, holder.id, &admin_roles, T0, &ev)
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        store.remove_user(iss, holder.id, T0, &ev).await,
+        Err(Error::Conflict(_))
+    ));
+    let holder_roles = RoleSet::from_stored("ACCOUNT_HOLDER").unwrap();
+    assert!(matches!(
+        store
+            .set_user_roles(iss, dev.id, &holder_roles, T0, &ev)
+            .await,
+        Err(Error::Conflict(_))
+    ));
+
+    // One active individual key per user.
+    let mut k = key(iss, T0, PrivateKeyState::NeverHeld);
+    k.key_type = KeyType::Individual;
+    k.roles = dev.roles.clone();
+    k.user_id = Some(dev.id);
+    let created = event(iss, AuditAction::KeyCreated, k.id.as_str());
+    store.insert_key(&k, None, 0, &created).await.unwrap();
+    let second = ApiKey {
+        id: KeyId::generate().unwrap(),
+        ..k.clone()
+    };
+    assert!(matches!(
+        store.insert_key(&second, None, 0, &created).await,
+        Err(Error::Conflict(_))
+    ));
+    let mine = KeyQuery {
+        status: None,
+        key_type: None,
+        owner: Some(dev.id),
+        after: None,
+        limit: 10,
+        now: T0,
+    };
+    assert_eq!(
+        store.list_keys(iss, &mine).await.unwrap().items,
+        vec![k.clone()]
+    );
+    let theirs = KeyQuery {
+        owner: Some(holder.id),
+        ..mine.clone()
+    };
+    assert!(
+        store
+            .list_keys(iss, &theirs)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // A role change reaches the key, through the change feed.
+    let (seq, _) = load_all(&store).await;
+    let finance = RoleSet::from_stored("FINANCE").unwrap();
+    let (changed, keys) = store
+        .set_user_roles(iss, dev.id, &finance, T0, &ev)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.roles, finance);
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].roles, finance);
+    let feed = store.changes_since(seq, 100).await.unwrap();
+    assert_eq!(
+        feed.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+        vec![k.id]
+    );
+    assert_eq!(store.keys_by_id(&[k.id]).await.unwrap()[0].roles, finance);
+
+    // Removal revokes the key and ends the sessions, in one go.
+    let session = link();
+    store
+        .insert_session(
+            &session,
+            &changed,
+            T0,
+            &event(iss, AuditAction::SignedIn, "s"),
+        )
+        .await
+        .unwrap();
+    let (seq, _) = load_all(&store).await;
+    let revoked = store
+        .remove_user(
+            iss,
+            dev.id,
+            T0 + 5,
+            &event(iss, AuditAction::UserRemoved, "u"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].revoked_at, Some(T0 + 5));
+    assert_eq!(store.changes_since(seq, 100).await.unwrap().len(), 1);
+    assert_eq!(store.get_user(iss, dev.id).await.unwrap(), None);
+    assert_eq!(
+        store.touch_session(&session, T0 - 1, T0 + 6).await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .remove_user(iss, dev.id, T0, &ev)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let listed = store.get_key(iss, k.id).await.unwrap().unwrap();
+    assert!(
+        listed.is_revoked(),
+        "a removed user's key stays listed, revoked"
+    );
+}
+
+async fn sessions_live_while_used(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let holder = user(iss, "holder@example.com", "ACCOUNT_HOLDER");
+    let setup = link();
+    store.set_setup_link(iss, &setup, T0).await.unwrap();
+    store
+        .create_account_holder(
+            &setup,
+            &holder,
+            &event(iss, AuditAction::AccountHolderCreated, "h"),
+        )
+        .await
+        .unwrap();
+    let id = link();
+    store
+        .insert_session(&id, &holder, T0, &event(iss, AuditAction::SignedIn, "s"))
+        .await
+        .unwrap();
+    let idle = 1800;
+    let s = store
+        .touch_session(&id, T0 + 10 - idle, T0 + 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.user, holder);
+    assert_eq!(s.last_seen_at, T0 + 10);
+    // Used again after a minute: the idle clock restarts from then.
+    store
+        .touch_session(&id, T0 + 100 - idle, T0 + 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .touch_session(&id, T0 + 100 + idle - 1 - idle, T0 + 100 + idle - 1)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .touch_session(&id, T0 + 100 + 2 * idle - idle, T0 + 100 + 2 * idle)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store.touch_session(&link(), 0, T0).await.unwrap().is_none(),
+        "unknown IDs find nothing"
+    );
+    // Sign-out and the sweep.
+    let other = link();
+    store
+        .insert_session(&other, &holder, T0, &event(iss, AuditAction::SignedIn, "s"))
+        .await
+        .unwrap();
+    store
+        .delete_session(&other, &event(iss, AuditAction::SignedOut, "s"))
+        .await
+        .unwrap();
+    assert!(store.touch_session(&other, 0, T0).await.unwrap().is_none());
+    // `id` was last used at T0 + 100 + idle - 1; a sweep of sessions idle since after that
+    // deletes it.
+    let cutoff = T0 + 100 + idle;
+    assert_eq!(store.sweep_sessions(cutoff, cutoff).await.unwrap(), 1);
+    assert!(
+        store
+            .touch_session(&id, 0, cutoff + 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 macro_rules! backend {
     ($module:ident, $open:expr) => {
         mod $module {
@@ -860,6 +1265,9 @@ macro_rules! backend {
             case!(the_audit_log_is_chained);
             case!(usage_adds_up_and_keeps_the_newest_time);
             case!(concurrent_writers_keep_the_feed_and_the_chain_in_order);
+            case!(setup_and_invitation_links_work_once);
+            case!(roles_follow_users_to_their_individual_keys);
+            case!(sessions_live_while_used);
         }
     };
 }
