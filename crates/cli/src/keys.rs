@@ -62,11 +62,11 @@ pub struct Conn {
     key: KeyFlags,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl Conn {
-    fn client(&self) -> Result<ManagementClient> {
+    pub(crate) fn client(&self) -> Result<ManagementClient> {
         let minter = Arc::new(self.key.minter(1200, Vec::new())?);
         ManagementClient::new(&self.server, minter).map_err(Into::into)
     }

@@ -2,6 +2,7 @@
 //! management API (`keys ...`).
 
 mod keys;
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +37,9 @@ enum Command {
     /// Manage API keys through a running server.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Manage people (users and invitations) through a running server.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -202,6 +206,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => keys::run(cmd).await,
+        Command::Users(cmd) => users::run(cmd).await,
         Command::Audit(AuditCommand::Verify { config, database }) => {
             audit_verify(config.as_deref(), database).await
         }

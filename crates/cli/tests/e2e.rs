@@ -494,3 +494,94 @@ async fn audit_verify_names_the_first_broken_link() {
         "{stderr}"
     );
 }
+
+/// `keygate users invite|list|remove` as an admin key; the invited person accepts over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_cli_invites_lists_and_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let admin = bootstrap(&server, dir.path());
+    wait_until_accepted(
+        &server,
+        &cli_token(&admin.key_file, &admin.key_id, &admin.issuer),
+    )
+    .await;
+    let users = |args: &[&str]| {
+        let mut all: Vec<&str> = vec!["users"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[
+            "--server",
+            &server.base,
+            "--key",
+            admin.key_file.to_str().unwrap(),
+            "--key-id",
+            &admin.key_id,
+            "--issuer-id",
+            &admin.issuer,
+            "--json",
+        ]);
+        let (ok, out, err) = keygate(&all);
+        assert!(ok, "keygate users {args:?}: {err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let invited = users(&[
+        "invite",
+        "--email",
+        "lin@example.com",
+        "--first-name",
+        "Lin",
+        "--last-name",
+        "Chen",
+        "--role",
+        "DEVELOPER",
+    ]);
+    let accept = invited["acceptUrl"].as_str().unwrap().to_owned();
+    assert!(accept.starts_with(&server.url("/invitations/")), "{accept}");
+
+    // The person accepts in a browser-like way: the form's cookie and token, then a password.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client.get(&accept).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let form_cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("keygate_form="))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    let done = client
+        .post(&accept)
+        .header("cookie", format!("keygate_form={form_cookie}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "csrf_token={form_cookie}&password=long+enough+secret&password_confirm=long+enough+secret"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 303);
+    assert_eq!(done.headers()["location"], "/access/integrations");
+
+    let listed = users(&["list"]);
+    let lin = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "lin@example.com")
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(lin["roles"], json!(["DEVELOPER"]));
+    let id = lin["id"].as_str().unwrap().to_owned();
+    assert_eq!(users(&["remove", &id])["removed"], json!(id));
+    assert!(
+        !users(&["list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["email"] == "lin@example.com")
+    );
+}

@@ -49,15 +49,41 @@ pub struct ApiKeyInfo {
 
 impl ApiKeyInfo {
     fn from_resource(v: &Value) -> Result<Self, ClientError> {
-        let mut attrs = v
-            .get("attributes")
-            .and_then(Value::as_object)
-            .cloned()
-            .ok_or_else(|| ClientError::Protocol("resource without attributes".into()))?;
-        attrs.insert("id".into(), v.get("id").cloned().unwrap_or(Value::Null));
-        serde_json::from_value(Value::Object(attrs))
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        from_resource(v)
     }
+}
+
+/// A user as the management API describes it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserInfo {
+    pub id: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub roles: Vec<String>,
+    pub created_date: String,
+}
+
+/// A new invitation and its one-time accept link (an absolute URL on the server).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Invited {
+    pub id: String,
+    pub email: String,
+    pub roles: Vec<String>,
+    pub expiration_date: String,
+    pub accept_url: String,
+}
+
+fn from_resource<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ClientError> {
+    let mut attrs = v
+        .get("attributes")
+        .and_then(Value::as_object)
+        .cloned()
+        .ok_or_else(|| ClientError::Protocol("resource without attributes".into()))?;
+    attrs.insert("id".into(), v.get("id").cloned().unwrap_or(Value::Null));
+    serde_json::from_value(Value::Object(attrs)).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 /// Calls `/v1` on one keygate server with tokens from a [`TokenMinter`].
@@ -198,5 +224,73 @@ impl ManagementClient {
             )
             .await?;
         ApiKeyInfo::from_resource(doc.get("data").unwrap_or(&Value::Null))
+    }
+
+    /// The issuer's users.
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>, ClientError> {
+        let doc = self
+            .json(self.http.get(format!("{}/v1/users", self.base)))
+            .await?;
+        doc.get("data")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(from_resource)
+            .collect()
+    }
+
+    /// Invites a person; the answer holds the one-time accept link, shown only now.
+    pub async fn invite_user(
+        &self,
+        email: &str,
+        first_name: &str,
+        last_name: &str,
+        roles: &[String],
+    ) -> Result<Invited, ClientError> {
+        let body = json!({"data": {"type": "userInvitations", "attributes": {
+            "email": email, "firstName": first_name, "lastName": last_name, "roles": roles,
+        }}});
+        let doc = self
+            .json(
+                self.http
+                    .post(format!("{}/v1/userInvitations", self.base))
+                    .json(&body),
+            )
+            .await?;
+        let data = doc.get("data").unwrap_or(&Value::Null);
+        let text = |p: &str| {
+            data.pointer(p)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| ClientError::Protocol(format!("invitation without {p}")))
+        };
+        let accept = doc
+            .pointer("/links/accept")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ClientError::Protocol("invitation without links.accept".into()))?;
+        Ok(Invited {
+            id: text("/id")?,
+            email: text("/attributes/email")?,
+            roles: data
+                .pointer("/attributes/roles")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            expiration_date: text("/attributes/expirationDate")?,
+            accept_url: format!("{}{accept}", self.base),
+        })
+    }
+
+    /// Removes a user; their individual key is revoked at once.
+    pub async fn remove_user(&self, user_id: &str) -> Result<(), ClientError> {
+        self.send(
+            self.http
+                .delete(format!("{}/v1/users/{user_id}", self.base)),
+        )
+        .await
+        .map(drop)
     }
 }
