@@ -268,7 +268,9 @@ where
         match decision {
             Ok(admitted) => {
                 let rate = admitted.rate;
-                req.extensions_mut().insert(admitted.token);
+                if let keygate_core::gate::Identity::Token(token) = admitted.identity {
+                    req.extensions_mut().insert(token);
+                }
                 let fut = self.inner.call(req);
                 Box::pin(async move {
                     let mut resp = fut.await?;

@@ -26,10 +26,14 @@ pub enum AuditAction {
     SignedIn,
     SignInFailed,
     SignedOut,
+    SecretKeyCreated,
+    SecretKeyRolled,
+    SecretKeyRevoked,
+    SecretKeyLeakReported,
 }
 
 impl AuditAction {
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 18] = [
         Self::IssuerCreated,
         Self::KeyCreated,
         Self::PrivateKeyDownloaded,
@@ -44,6 +48,10 @@ impl AuditAction {
         Self::SignedIn,
         Self::SignInFailed,
         Self::SignedOut,
+        Self::SecretKeyCreated,
+        Self::SecretKeyRolled,
+        Self::SecretKeyRevoked,
+        Self::SecretKeyLeakReported,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -62,6 +70,10 @@ impl AuditAction {
             Self::SignedIn => "session.signedIn",
             Self::SignInFailed => "session.signInFailed",
             Self::SignedOut => "session.signedOut",
+            Self::SecretKeyCreated => "secretKey.created",
+            Self::SecretKeyRolled => "secretKey.rolled",
+            Self::SecretKeyRevoked => "secretKey.revoked",
+            Self::SecretKeyLeakReported => "secretKey.leakReported",
         }
     }
 

@@ -1,20 +1,66 @@
-//! The data-plane decision, shared by forward auth, the reverse proxy and the tower layer:
-//! credential, then role, then token scope, then the long-lived rule (as in
-//! [`Verifier::authorize`]), then the key's rate limit. Admitted requests are metered for the
-//! usage counters.
+//! The data-plane decision, shared by forward auth, the reverse proxy and the tower layer.
+//!
+//! For a token: credential, then role, then token scope, then the long-lived rule (as in
+//! [`Verifier::authorize`]), then the key's rate limit. For a secret key: the secret (format,
+//! checksum, state), then its restrictions (website, address, API), then role, then the rate
+//! limit. Admitted requests are metered for the usage counters.
 
 use std::sync::Arc;
 
-use crate::error::Error;
+use crate::error::{Error, ForbiddenReason};
+use crate::ids::{IssuerId, KeyId, UserId};
 use crate::meter::{Meter, RateState};
+use crate::role::RoleSet;
 use crate::scope::RequestTarget;
+use crate::secret_key::{Caller, SecretKey};
 use crate::service::Verifier;
 use crate::token::VerifiedToken;
+
+/// Who an admitted request acts as.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    Token(Arc<VerifiedToken>),
+    Secret(Arc<SecretKey>),
+}
+
+impl Identity {
+    pub fn key_id(&self) -> KeyId {
+        match self {
+            Self::Token(t) => t.key.id,
+            Self::Secret(s) => s.id,
+        }
+    }
+    pub fn issuer_id(&self) -> IssuerId {
+        match self {
+            Self::Token(t) => t.key.issuer_id,
+            Self::Secret(s) => s.issuer_id,
+        }
+    }
+    pub fn roles(&self) -> &RoleSet {
+        match self {
+            Self::Token(t) => &t.key.roles,
+            Self::Secret(s) => &s.roles,
+        }
+    }
+    /// The `X-Keygate-Key-Type` value: `team`, `individual` or `secret`.
+    pub fn key_type_header(&self) -> &'static str {
+        match self {
+            Self::Token(t) => t.key.key_type.header_value(),
+            Self::Secret(_) => "secret",
+        }
+    }
+    pub fn user_id(&self) -> Option<UserId> {
+        match self {
+            Self::Token(t) => t.key.user_id,
+            Self::Secret(_) => None,
+        }
+    }
+}
 
 /// A request that may proceed.
 #[derive(Debug)]
 pub struct Admitted {
-    pub token: Arc<VerifiedToken>,
+    pub identity: Identity,
     pub rate: RateState,
 }
 
@@ -49,6 +95,47 @@ impl Gate {
     /// Decides one request presenting `token`. Only admitted requests count against the limit
     /// and as usage; a refused one reports the state without spending from it.
     pub fn check(&self, token: &str, target: &RequestTarget<'_>) -> Result<Admitted, Refused> {
+        let (identity, limit) = self.identify_token(token, target)?;
+        self.admit(identity, limit)
+    }
+
+    /// Decides one request presenting a secret key, from `caller` (its Referer, Origin and
+    /// address).
+    pub fn check_secret(
+        &self,
+        secret: &str,
+        caller: &Caller<'_>,
+        target: &RequestTarget<'_>,
+    ) -> Result<Admitted, Refused> {
+        let (identity, limit) = self.identify_secret(secret, caller, target)?;
+        self.admit(identity, limit)
+    }
+
+    /// Decides again a request that was just refused, for a gateway that must ask twice to
+    /// show the refusal (nginx `auth_request`): the same checks, but nothing is counted and
+    /// nothing is admitted. `Ok(rate)` means the request would now pass (the state changed
+    /// between the two questions); the caller should answer "retry", never "allowed".
+    pub fn recheck(&self, token: &str, target: &RequestTarget<'_>) -> Result<RateState, Refused> {
+        let (identity, limit) = self.identify_token(token, target)?;
+        self.peek(&identity, limit)
+    }
+
+    /// [`Self::recheck`] for a secret key.
+    pub fn recheck_secret(
+        &self,
+        secret: &str,
+        caller: &Caller<'_>,
+        target: &RequestTarget<'_>,
+    ) -> Result<RateState, Refused> {
+        let (identity, limit) = self.identify_secret(secret, caller, target)?;
+        self.peek(&identity, limit)
+    }
+
+    fn identify_token(
+        &self,
+        token: &str,
+        target: &RequestTarget<'_>,
+    ) -> Result<(Identity, u32), Refused> {
         let verified = self
             .verifier
             .verify_credential(token)
@@ -63,47 +150,60 @@ impl Gate {
                 rate: Some(self.meter.peek(verified.key.id, limit)),
             });
         }
-        match self.meter.admit(verified.key.id, limit) {
-            Ok(rate) => Ok(Admitted {
-                token: verified,
-                rate,
-            }),
-            Err(rate) => Err(over_limit(&verified, rate)),
+        Ok((Identity::Token(verified), limit))
+    }
+
+    fn identify_secret(
+        &self,
+        secret: &str,
+        caller: &Caller<'_>,
+        target: &RequestTarget<'_>,
+    ) -> Result<(Identity, u32), Refused> {
+        let key = self.verifier.verify_secret(secret).map_err(|e| Refused {
+            error: Error::Unauthenticated(e),
+            rate: None,
+        })?;
+        let limit = self.verifier.policy().rate_limit_for(&key.roles);
+        let refused = |error| Refused {
+            error,
+            rate: Some(self.meter.peek(key.id, limit)),
+        };
+        key.restrictions.check(caller, target).map_err(refused)?;
+        if !self.verifier.policy().allows(&key.roles, target) {
+            return Err(refused(Error::forbidden(
+                ForbiddenReason::RoleNotAllowed,
+                format!(
+                    "The policy lets no role of secret key {} ({}) call {} {}.",
+                    key.id,
+                    key.roles.joined(),
+                    target.method,
+                    target.path.chars().take(200).collect::<String>()
+                ),
+            )));
+        }
+        Ok((Identity::Secret(key), limit))
+    }
+
+    fn admit(&self, identity: Identity, limit: u32) -> Result<Admitted, Refused> {
+        match self.meter.admit(identity.key_id(), limit) {
+            Ok(rate) => Ok(Admitted { identity, rate }),
+            Err(rate) => Err(over_limit(identity.key_id(), rate)),
         }
     }
 
-    /// Decides again a request that was just refused, for a gateway that must ask twice to
-    /// show the refusal (nginx `auth_request`): the same checks, but nothing is counted and
-    /// nothing is admitted. `Ok(rate)` means the request would now pass (the state changed
-    /// between the two questions); the caller should answer "retry", never "allowed".
-    pub fn recheck(&self, token: &str, target: &RequestTarget<'_>) -> Result<RateState, Refused> {
-        let verified = self
-            .verifier
-            .verify_credential(token)
-            .map_err(|e| Refused {
-                error: Error::Unauthenticated(e),
-                rate: None,
-            })?;
-        let limit = self.verifier.policy().rate_limit_for(&verified.key.roles);
-        let rate = self.meter.peek(verified.key.id, limit);
-        if let Err(error) = self.verifier.permit(&verified, target) {
-            return Err(Refused {
-                error,
-                rate: Some(rate),
-            });
-        }
+    fn peek(&self, identity: &Identity, limit: u32) -> Result<RateState, Refused> {
+        let rate = self.meter.peek(identity.key_id(), limit);
         if rate.remaining == 0 {
-            return Err(over_limit(&verified, rate));
+            return Err(over_limit(identity.key_id(), rate));
         }
         Ok(rate)
     }
 }
 
-fn over_limit(verified: &VerifiedToken, rate: RateState) -> Refused {
+fn over_limit(key: KeyId, rate: RateState) -> Refused {
     Refused {
         error: Error::RateLimited(format!(
-            "Key {} made {} requests in the last hour, its limit; the next request is allowed in {} s.",
-            verified.key.id,
+            "Key {key} made {} requests in the last hour, its limit; the next request is allowed in {} s.",
             rate.limit,
             rate.retry_after.unwrap_or(1)
         )),

@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::ids::{IssuerId, KeyId, UserId};
 use crate::key::{Algorithm, ApiKey, KeyType, PrivateKeyState};
 use crate::role::RoleSet;
+use crate::secret_key::SecretRing;
 use crate::store::ChangeFeed;
 
 /// What verification needs to know about one key.
@@ -136,6 +137,8 @@ pub struct KeyRing {
     seq: AtomicI64,
     len: AtomicUsize,
     writer: Mutex<()>,
+    /// The secret keys, kept current from the same feed.
+    secrets: SecretRing,
 }
 
 impl fmt::Debug for KeyRing {
@@ -154,6 +157,7 @@ impl Default for KeyRing {
             seq: AtomicI64::new(0),
             len: AtomicUsize::new(0),
             writer: Mutex::new(()),
+            secrets: SecretRing::default(),
         }
     }
 }
@@ -176,6 +180,11 @@ impl KeyRing {
     #[allow(clippy::indexing_slicing)] // `shards` has RING_SHARDS entries, built in `default`
     fn shard(&self, i: usize) -> &ArcSwap<Shard> {
         &self.shards[i % RING_SHARDS]
+    }
+
+    /// The secret keys this node knows.
+    pub fn secrets(&self) -> &SecretRing {
+        &self.secrets
     }
 
     /// The current state of one key; lock-free.
@@ -270,6 +279,11 @@ impl KeyRing {
                 self.merge(&batch, 0);
             })
             .await?;
+        // Read after the keys' snapshot: at worst newer than `seq`, and the feed re-applies
+        // whatever changed in between.
+        let secrets = feed.load_all_secret_keys().await?;
+        count += secrets.len();
+        self.secrets.apply(&secrets);
         self.seq.fetch_max(seq, Ordering::AcqRel);
         Ok(count)
     }
@@ -288,8 +302,12 @@ impl KeyRing {
             ids.sort();
             ids.dedup();
             let keys = feed.keys_by_id(&ids).await?;
+            // Secret keys share the ID space and the feed; apply them first, so when `seq`
+            // moves on (in `apply`) both kinds are in.
+            let secrets = feed.secret_keys_by_id(&ids).await?;
+            self.secrets.apply(&secrets);
             self.apply(&keys, last);
-            applied += keys.len();
+            applied += keys.len() + secrets.len();
             if changes.len() < BATCH as usize {
                 return Ok(applied);
             }

@@ -23,6 +23,7 @@ pub mod policy;
 pub mod role;
 pub mod scope;
 pub mod secret;
+pub mod secret_key;
 pub mod service;
 pub mod store;
 pub mod throttle;

@@ -14,7 +14,7 @@ use crate::clock::{Clock, UnixTime};
 use crate::crypto::{
     MasterKey, PrivateKeyPem, SealedPrivateKey, generate_key_pair, parse_public_key_pem,
 };
-use crate::error::{AuthFailure, Error, ForbiddenReason, Result};
+use crate::error::{AuthFailure, AuthReason, Error, ForbiddenReason, Result};
 use crate::ids::{Actor, IssuerId, KeyId};
 use crate::key::{Algorithm, ApiKey, KeyQuery, KeyType, Page, PrivateKeyState};
 use crate::keyset::KeyRing;
@@ -22,7 +22,9 @@ use crate::meter::Meter;
 use crate::policy::Policy;
 use crate::role::{Role, RoleCatalog};
 use crate::scope::RequestTarget;
+use crate::secret_key::{SecretKey, SecretKeyText};
 use crate::store::{Issuer, Store, TakePrivateKey};
+use crate::time_fmt::rfc3339;
 use crate::token::{self, TokenRules, VerifiedToken};
 use crate::token_cache::TokenCache;
 
@@ -145,6 +147,45 @@ impl Verifier {
         self.cache
             .insert(token, Arc::clone(&verified), valid_until, now);
         Ok(verified)
+    }
+
+    /// The secret key a presented secret opens: format and checksum first (a mistyped key is
+    /// refused before any lookup), then the lookup by hash, then the key's state and, after a
+    /// roll, whether this secret still works.
+    pub fn verify_secret(&self, text: &str) -> Result<Arc<SecretKey>, AuthFailure> {
+        let secret = SecretKeyText::parse(text)
+            .map_err(|e| AuthFailure::new(AuthReason::UnknownSecretKey, e.detail()))?;
+        let now = self.clock.now();
+        let found = self.ring.secrets().get(&secret.hash()).ok_or_else(|| {
+            AuthFailure::new(
+                AuthReason::UnknownSecretKey,
+                "No secret key matches this secret.",
+            )
+        })?;
+        let key = found.key;
+        if let Some(at) = key.revoked_at {
+            return Err(AuthFailure::new(
+                AuthReason::KeyRevoked,
+                format!("Secret key {} was revoked at {}.", key.id, rfc3339(at)),
+            ));
+        }
+        if let Some(at) = key.expires_at.filter(|e| *e <= now) {
+            return Err(AuthFailure::new(
+                AuthReason::KeyExpired,
+                format!("Secret key {} expired at {}.", key.id, rfc3339(at)),
+            ));
+        }
+        if let Some(at) = found.version_expires_at.filter(|e| *e <= now) {
+            return Err(AuthFailure::new(
+                AuthReason::KeyExpired,
+                format!(
+                    "This secret of key {} was replaced by a roll and stopped working at {}; use the new secret.",
+                    key.id,
+                    rfc3339(at)
+                ),
+            ));
+        }
+        Ok(key)
     }
 
     /// Role, then scope, then the long-lived rule, for a credential from
@@ -599,7 +640,7 @@ impl KeyService {
     }
 }
 
-fn validate_name(name: &str) -> Result<String> {
+pub(crate) fn validate_name(name: &str) -> Result<String> {
     let count = name.chars().count();
     if count == 0 || name.trim().is_empty() {
         return Err(Error::attribute("name", "name must not be empty."));

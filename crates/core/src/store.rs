@@ -15,6 +15,7 @@ use crate::key::{ApiKey, KeyQuery, Page};
 use crate::meter::KeyUsage;
 use crate::role::RoleSet;
 use crate::secret::SecretHash;
+use crate::secret_key::{SecretKey, SecretVersion};
 use crate::user::{Invitation, Session, User};
 
 /// A tenant.
@@ -124,6 +125,41 @@ pub trait ChangeFeed: Send + Sync {
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<(i64, KeyId)>>;
     /// The current state of the given keys (any issuer).
     async fn keys_by_id(&self, ids: &[KeyId]) -> Result<Vec<ApiKey>>;
+    /// Every secret key, with its versions.
+    async fn load_all_secret_keys(&self) -> Result<Vec<SecretKey>>;
+    /// The current state of the given secret keys (IDs of API keys are skipped).
+    async fn secret_keys_by_id(&self, ids: &[KeyId]) -> Result<Vec<SecretKey>>;
+}
+
+/// Secret keys. Only hashes of secrets arrive here.
+#[async_trait]
+pub trait SecretKeyStore: Send + Sync {
+    /// Inserts a key and its first version, with the change-feed entry and the audit event.
+    async fn insert_secret_key(&self, key: &SecretKey, audit: &NewAuditEvent) -> Result<()>;
+    async fn get_secret_key(&self, issuer: IssuerId, id: KeyId) -> Result<Option<SecretKey>>;
+    /// An issuer's secret keys, newest first.
+    async fn list_secret_keys(&self, issuer: IssuerId) -> Result<Vec<SecretKey>>;
+    /// Revokes a key for good; revoking a revoked key changes nothing. `None` if no such key.
+    async fn revoke_secret_key(
+        &self,
+        issuer: IssuerId,
+        id: KeyId,
+        reason: Option<&str>,
+        now: UnixTime,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<SecretKey>>;
+    /// Adds `version` and ends every older version at `old_expires_at` (or earlier, if it
+    /// already ended sooner). `Conflict` for a revoked key; `None` if no such key.
+    async fn roll_secret_key(
+        &self,
+        issuer: IssuerId,
+        id: KeyId,
+        version: &SecretVersion,
+        old_expires_at: UnixTime,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<SecretKey>>;
+    /// The key a secret's hash belongs to (any issuer), for leak reports.
+    async fn secret_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<SecretKey>>;
 }
 
 #[async_trait]
@@ -257,7 +293,14 @@ pub trait DeploymentStore: Send + Sync {
 /// Everything keygate stores, behind one handle.
 #[async_trait]
 pub trait Store:
-    IssuerStore + KeyStore + UserStore + ChangeFeed + AuditStore + DeploymentStore + std::fmt::Debug
+    IssuerStore
+    + KeyStore
+    + UserStore
+    + SecretKeyStore
+    + ChangeFeed
+    + AuditStore
+    + DeploymentStore
+    + std::fmt::Debug
 {
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;

@@ -9,9 +9,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use keygate_core::crypto::parse_public_key_pem;
+use keygate_core::key::Algorithm;
 use keygate_core::people::SessionLimits;
 use keygate_core::policy::{DEFAULT_RATE_LIMIT_PER_HOUR, Policy, RolePolicy, RoutePattern};
 use keygate_core::role::{Role, RoleCatalog};
+use keygate_core::secret_key::IpRange;
 use keygate_core::service::KeyLimits;
 use keygate_core::token::TokenRules;
 use serde::Deserialize;
@@ -41,6 +44,11 @@ pub struct Config {
     /// Always mark the session cookie `Secure` (keygate behind TLS). It is also set whenever a
     /// request arrives with `X-Forwarded-Proto: https`.
     pub secure_cookies: bool,
+    /// Peers whose `X-Forwarded-For` is believed, for secret keys' IP restrictions.
+    pub trusted_proxies: Vec<IpRange>,
+    /// ECDSA P-256 public keys (raw points) that sign leak reports (`POST /v1/leaks`), such as
+    /// GitHub secret scanning's. None: leak reports are refused.
+    pub leak_report_keys: Vec<Vec<u8>>,
 }
 
 /// `serve --proxy-listen ADDR --upstream URL`.
@@ -107,6 +115,8 @@ struct FileConfig {
     token_cache_entries: Option<usize>,
     session_idle_timeout: Option<DurationText>,
     secure_cookies: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
+    leak_report_public_keys: Option<Vec<String>>,
     proxy_listen: Option<String>,
     upstream: Option<String>,
     upstream_timeout: Option<DurationText>,
@@ -391,6 +401,29 @@ pub fn load(
         Some(v) => matches!(v.as_str(), "1" | "true" | "yes"),
         None => raw.secure_cookies.unwrap_or(false),
     };
+    let trusted_proxies = match env("KEYGATE_TRUSTED_PROXIES") {
+        Some(v) => v
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        None => raw.trusted_proxies.unwrap_or_default(),
+    }
+    .iter()
+    .map(|p| IpRange::parse(p).map_err(|e| ConfigError(format!("trusted_proxies: {e}"))))
+    .collect::<Result<Vec<_>, _>>()?;
+    let leak_report_keys = raw
+        .leak_report_public_keys
+        .unwrap_or_default()
+        .iter()
+        .map(|pem| {
+            parse_public_key_pem(pem, Algorithm::Es256).map_err(|_| {
+                ConfigError(
+                    "leak_report_public_keys: each entry is a PEM P-256 public key (-----BEGIN PUBLIC KEY-----)".into(),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let default_rate_limit = match env("KEYGATE_RATE_LIMIT_PER_HOUR") {
         Some(v) => Some(v.parse().map_err(|_| {
             ConfigError(format!(
@@ -462,6 +495,8 @@ pub fn load(
         proxy,
         sessions,
         secure_cookies,
+        trusted_proxies,
+        leak_report_keys,
     })
 }
 
@@ -568,6 +603,21 @@ pub fn describe(config: &Config) -> String {
         out,
         "session_idle_timeout   {} s; secure_cookies {}",
         config.sessions.idle_timeout, config.secure_cookies
+    );
+    let proxies: Vec<String> = config
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let _ = writeln!(
+        out,
+        "trusted_proxies        {}; leak report keys: {}",
+        if proxies.is_empty() {
+            "none (X-Forwarded-For is ignored)".to_owned()
+        } else {
+            proxies.join(", ")
+        },
+        config.leak_report_keys.len()
     );
     match &config.proxy {
         Some(p) => {

@@ -2,13 +2,14 @@
 //! [`Gate`](keygate_core::gate::Gate), and the headers every data-plane answer carries
 //! (`X-Rate-Limit`, and on success the identity headers of SPEC §5).
 
+use std::net::IpAddr;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keygate_core::error::{AuthReason, Error};
-use keygate_core::gate::{Admitted, Refused};
+use keygate_core::gate::{Admitted, Identity, Refused};
 use keygate_core::meter::RateState;
 use keygate_core::scope::RequestTarget;
-use keygate_core::token::VerifiedToken;
+use keygate_core::secret_key::{Caller, IpRange, canonical};
 
 use crate::AppState;
 use crate::auth::{Credential, credential};
@@ -20,35 +21,35 @@ pub const IDENTITY_PREFIX: &str = "x-keygate-";
 pub const X_RATE_LIMIT: HeaderName = HeaderName::from_static("x-rate-limit");
 
 /// The identity headers a successful check hands to the gateway or upstream.
-pub fn identity_headers(v: &VerifiedToken) -> [(HeaderName, Option<HeaderValue>); 5] {
+pub fn identity_headers(v: &Identity) -> [(HeaderName, Option<HeaderValue>); 5] {
+    let issuer = match v {
+        Identity::Token(t) => HeaderValue::from_str(&t.key.issuer_text).ok(),
+        Identity::Secret(s) => HeaderValue::from_str(&s.issuer_id.to_string()).ok(),
+    };
     [
-        (
-            HeaderName::from_static("x-keygate-issuer-id"),
-            HeaderValue::from_str(&v.key.issuer_text).ok(),
-        ),
+        (HeaderName::from_static("x-keygate-issuer-id"), issuer),
         (
             HeaderName::from_static("x-keygate-key-id"),
-            HeaderValue::from_str(v.key.id.as_str()).ok(),
+            HeaderValue::from_str(v.key_id().as_str()).ok(),
         ),
         (
             HeaderName::from_static("x-keygate-key-type"),
-            Some(HeaderValue::from_static(v.key.key_type.header_value())),
+            Some(HeaderValue::from_static(v.key_type_header())),
         ),
         (
             HeaderName::from_static("x-keygate-roles"),
-            HeaderValue::from_str(&v.key.roles.joined()).ok(),
+            HeaderValue::from_str(&v.roles().joined()).ok(),
         ),
         (
             HeaderName::from_static("x-keygate-user-id"),
-            v.key
-                .user_id
+            v.user_id()
                 .and_then(|u| HeaderValue::from_str(&u.to_string()).ok()),
         ),
     ]
 }
 
 /// Removes every `X-Keygate-*` header, then adds the identity of `v`.
-pub fn set_identity(headers: &mut HeaderMap, v: &VerifiedToken) {
+pub fn set_identity(headers: &mut HeaderMap, v: &Identity) {
     strip_identity(headers);
     for (name, value) in identity_headers(v) {
         if let Some(value) = value {
@@ -85,10 +86,61 @@ pub fn set_rate_headers(headers: &mut HeaderMap, rate: &RateState) {
 pub fn check(
     state: &AppState,
     headers: &HeaderMap,
+    peer: Option<IpAddr>,
     target: &RequestTarget<'_>,
 ) -> Result<Admitted, Response> {
-    let token = token(headers)?;
-    state.gate.check(token, target).map_err(refusal)
+    match credential(headers) {
+        Ok(Credential::Token(token)) => state.gate.check(token, target).map_err(refusal),
+        Ok(Credential::SecretKey(secret)) => {
+            let caller = caller(state, headers, peer);
+            state
+                .gate
+                .check_secret(secret, &caller, target)
+                .map_err(refusal)
+        }
+        Err(e) => Err(ApiError(e).into_response()),
+    }
+}
+
+/// What a secret key's restrictions look at: `Referer`, `Origin`, and the client's address.
+pub fn caller<'h>(state: &AppState, headers: &'h HeaderMap, peer: Option<IpAddr>) -> Caller<'h> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Caller {
+        referer: text("referer"),
+        origin: text("origin"),
+        ip: client_ip(&state.trusted_proxies, headers, peer),
+    }
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy; then the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy (entries to its left are the
+/// client's own claims).
+pub fn client_ip(trusted: &[IpRange], headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+    let peer = peer.map(canonical)?;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|r| r.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let mut forwarded: Vec<IpAddr> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else {
+            return None;
+        };
+        for part in text.split(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) => forwarded.push(canonical(ip)),
+                // An unreadable entry: nothing to its left can be placed.
+                Err(_) => forwarded.clear(),
+            }
+        }
+    }
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(**ip))
+        .or(forwarded.first())
+        .copied()
+        .or(Some(peer))
 }
 
 /// The header the shipped nginx configuration sets when it asks a second time to show a
@@ -98,12 +150,21 @@ pub const RECHECK: &str = "x-keygate-recheck";
 /// Answers a [`RECHECK`]: the refusal as it stands, spending nothing. Never a `200`: if the
 /// request would now pass, the state changed between nginx's two questions and the client is
 /// asked to retry (`503` with `Retry-After: 1`).
-pub fn recheck(state: &AppState, headers: &HeaderMap, target: &RequestTarget<'_>) -> Response {
-    let token = match token(headers) {
-        Ok(t) => t,
-        Err(refused) => return refused,
+pub fn recheck(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    target: &RequestTarget<'_>,
+) -> Response {
+    let decision = match credential(headers) {
+        Ok(Credential::Token(token)) => state.gate.recheck(token, target),
+        Ok(Credential::SecretKey(secret)) => {
+            let caller = caller(state, headers, peer);
+            state.gate.recheck_secret(secret, &caller, target)
+        }
+        Err(e) => return ApiError(e).into_response(),
     };
-    match state.gate.recheck(token, target) {
+    match decision {
         Err(refused) => refusal(refused),
         Ok(rate) => {
             let mut resp = crate::error::response(&ErrorBody::new(
@@ -120,19 +181,6 @@ pub fn recheck(state: &AppState, headers: &HeaderMap, target: &RequestTarget<'_>
     }
 }
 
-#[allow(clippy::result_large_err)] // the refusal is the response itself
-fn token(headers: &HeaderMap) -> Result<&str, Response> {
-    match credential(headers) {
-        Ok(Credential::Token(t)) => Ok(t),
-        Ok(Credential::SecretKey(_)) => Err(ApiError(Error::auth(
-            AuthReason::UnknownSecretKey,
-            "No secret key matches; secret keys are not enabled on this deployment yet.",
-        ))
-        .into_response()),
-        Err(e) => Err(ApiError(e).into_response()),
-    }
-}
-
 fn refusal(refused: Refused) -> Response {
     let mut resp = ApiError(refused.error).into_response();
     if let Some(rate) = &refused.rate {
@@ -144,7 +192,7 @@ fn refusal(refused: Refused) -> Response {
 /// The forward-auth answer: `200` with identity and rate headers.
 pub fn allowed_response(admitted: &Admitted) -> Response {
     let mut resp = StatusCode::OK.into_response();
-    set_identity(resp.headers_mut(), &admitted.token);
+    set_identity(resp.headers_mut(), &admitted.identity);
     set_rate_headers(resp.headers_mut(), &admitted.rate);
     resp
 }

@@ -26,6 +26,7 @@ use axum::routing::{any, get};
 use keygate_core::gate::Gate;
 use keygate_core::keyset::KeyRing;
 use keygate_core::people::UserService;
+use keygate_core::secret_key::{IpRange, SecretKeyService};
 use keygate_core::service::KeyService;
 
 pub use config::Config;
@@ -40,6 +41,12 @@ pub struct AppState {
     pub users: Arc<UserService>,
     /// Always mark cookies `Secure`.
     pub secure_cookies: bool,
+    /// Secret keys.
+    pub secrets: Arc<SecretKeyService>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[IpRange]>,
+    /// Public keys that sign leak reports.
+    pub leak_report_keys: Arc<[Vec<u8>]>,
     /// The data-plane decision (verification, policy, rate limits); its verifier also
     /// authenticates management callers.
     pub gate: Gate,
@@ -49,7 +56,7 @@ pub struct AppState {
 
 /// The main listener's router.
 pub fn app(state: AppState) -> Router {
-    use routes::{audit, authz, health, keys, users};
+    use routes::{audit, authz, health, keys, secret_keys, users};
     let v1 = Router::new()
         .route("/issuer", get(keys::get_issuer))
         .route("/apiKeys", get(keys::list_keys).post(keys::create_key))
@@ -58,6 +65,19 @@ pub fn app(state: AppState) -> Router {
             get(keys::get_key).patch(keys::patch_key),
         )
         .route("/auditEvents", get(audit::list))
+        .route(
+            "/secretKeys",
+            get(secret_keys::list).post(secret_keys::create),
+        )
+        .route(
+            "/secretKeys/{id}",
+            get(secret_keys::get).patch(secret_keys::patch),
+        )
+        .route(
+            "/secretKeys/{id}/roll",
+            axum::routing::post(secret_keys::roll),
+        )
+        .route("/leaks", axum::routing::post(secret_keys::leaks))
         .route("/users", get(users::list_users))
         .route(
             "/users/{id}",

@@ -104,7 +104,7 @@ async fn forward(
         path: parts.uri.path(),
         query: parts.uri.query().unwrap_or(""),
     };
-    let admitted = match dataplane::check(&state, &parts.headers, &target) {
+    let admitted = match dataplane::check(&state, &parts.headers, Some(peer.ip()), &target) {
         Ok(a) => a,
         Err(refused) => return refused,
     };
@@ -119,7 +119,7 @@ async fn forward(
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove("x-api-key");
-    dataplane::set_identity(headers, &admitted.token);
+    dataplane::set_identity(headers, &admitted.identity);
     append_forwarded(headers, peer, original_host);
     if chunked && !headers.contains_key(header::CONTENT_LENGTH) {
         headers.insert(

@@ -10,6 +10,7 @@ use keygate_core::gate::Gate;
 use keygate_core::keyset::KeyRing;
 use keygate_core::meter::Meter;
 use keygate_core::people::UserService;
+use keygate_core::secret_key::SecretKeyService;
 use keygate_core::service::{KeyService, Verifier};
 use keygate_core::store::Issuer;
 use tokio::net::TcpListener;
@@ -34,6 +35,12 @@ pub async fn build(
         config.roles(),
         Arc::clone(&ring),
         config.sessions,
+    ));
+    let secrets = Arc::new(SecretKeyService::new(
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        config.roles(),
+        Arc::clone(&ring),
     ));
     let keys = Arc::new(KeyService::new(
         store,
@@ -65,6 +72,9 @@ pub async fn build(
         keys,
         users,
         secure_cookies: config.secure_cookies,
+        secrets,
+        trusted_proxies: config.trusted_proxies.clone().into(),
+        leak_report_keys: config.leak_report_keys.clone().into(),
         gate,
         ring,
         forward_auth_headers: config.forward_auth_headers,

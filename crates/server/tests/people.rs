@@ -325,6 +325,12 @@ const ADMIN_ONLY_READ: Expect = Expect {
     team: 403,
 };
 
+const ADMIN_ONLY_CREATE: Expect = Expect {
+    admin: 201,
+    person: 403,
+    team: 403,
+};
+
 /// Every management route against every role, for team keys, individual keys and sessions.
 #[tokio::test]
 async fn permission_matrix_every_route_every_role_every_credential() {
@@ -384,6 +390,18 @@ async fn permission_matrix_every_route_every_role_every_credential() {
             )
             .await;
         let invitation = inv["data"]["id"].as_str().unwrap().to_owned();
+        let (_, sk) = h
+            .call(
+                &h.admin_cred(),
+                "POST",
+                "/v1/secretKeys",
+                Some(json!({"data": {"type": "secretKeys", "attributes": {"name": "s", "roles": ["DEVELOPER"]}}})),
+            )
+            .await;
+        let secret_key = sk["data"]["id"].as_str().unwrap().to_owned();
+        let new_secret_key = json!({"data": {"type": "secretKeys", "attributes": {"name": "n", "roles": ["DEVELOPER"]}}});
+        let revoke_secret =
+            json!({"data": {"type": "secretKeys", "attributes": {"isActive": false}}});
         let new_team_key = json!({"data": {"type": "apiKeys", "attributes": {"name": "n", "roles": ["DEVELOPER"]}}});
         let new_individual_key = json!({"data": {"type": "apiKeys", "attributes": {"name": "n", "keyType": "INDIVIDUAL"}}});
         let invite = json!({"data": {"type": "userInvitations", "attributes": {"email": format!("new-{checked}@example.com"), "firstName": "N", "lastName": "U", "roles": ["DEVELOPER"]}}});
@@ -512,6 +530,31 @@ async fn permission_matrix_every_route_every_role_every_credential() {
                     team: 403,
                 },
             ),
+            ("GET", "/v1/secretKeys".into(), None, ADMIN_ONLY_READ),
+            (
+                "POST",
+                "/v1/secretKeys".into(),
+                Some(new_secret_key),
+                ADMIN_ONLY_CREATE,
+            ),
+            (
+                "GET",
+                format!("/v1/secretKeys/{secret_key}"),
+                None,
+                ADMIN_ONLY_READ,
+            ),
+            (
+                "POST",
+                format!("/v1/secretKeys/{secret_key}/roll"),
+                None,
+                ADMIN_ONLY_CREATE,
+            ),
+            (
+                "PATCH",
+                format!("/v1/secretKeys/{secret_key}"),
+                Some(revoke_secret),
+                ADMIN_ONLY_READ,
+            ),
         ];
         for (method, uri, body, expect) in table {
             let want = match (admin, kind) {
@@ -548,7 +591,7 @@ async fn permission_matrix_every_route_every_role_every_credential() {
             }
         }
     }
-    assert!(checked >= 15 * 23, "{checked} checks");
+    assert!(checked >= 20 * 23, "{checked} checks");
 }
 
 /// Sessions: cookie flags, CSRF on API calls and forms, idle timeout, sign-out, throttling.

@@ -10,6 +10,7 @@ use keygate_core::ids::{InvitationId, KeyId, UserId};
 use keygate_core::key::{Algorithm, ApiKey, KeyType, PrivateKeyState};
 use keygate_core::role::RoleSet;
 use keygate_core::secret::PasswordHashText;
+use keygate_core::secret_key::{Restrictions, SecretKey, SecretVersion};
 use keygate_core::user::{Invitation, User};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -190,4 +191,88 @@ pub fn individual_key_held() -> Error {
     Error::Conflict(
         "You already have an active individual key; revoke it before generating a new one.".into(),
     )
+}
+
+/// The columns [`secret_key_from_row`] reads.
+pub const SECRET_KEY_COLUMNS: &str = "id, issuer_id, name, roles, restrictions, created_by, created_at, expires_at, revoked_at, revoke_reason, last_used_at, request_count";
+
+/// A stored secret key without its versions, from a row of `secret_keys`.
+pub fn secret_key_from_row<'r, R>(row: &'r R) -> Result<SecretKey, Error>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let get_str = |col: &str| row.try_get::<String, _>(col).map_err(|_| corrupt(col));
+    let get_opt = |col: &str| row.try_get::<Option<i64>, _>(col).map_err(|_| corrupt(col));
+    let restrictions: serde_json::Value =
+        serde_json::from_str(&get_str("restrictions")?).map_err(|_| corrupt("restrictions"))?;
+    Ok(SecretKey {
+        id: KeyId::parse(&get_str("id")?).ok_or_else(|| corrupt("secret key ID"))?,
+        issuer_id: get_str("issuer_id")?
+            .parse()
+            .map_err(|_| corrupt("issuer ID"))?,
+        name: get_str("name")?,
+        roles: RoleSet::from_stored(&get_str("roles")?)?,
+        restrictions: Restrictions::from_json(&restrictions)
+            .map_err(|_| corrupt("restrictions"))?,
+        created_by: get_str("created_by")?,
+        created_at: row
+            .try_get("created_at")
+            .map_err(|_| corrupt("created_at"))?,
+        expires_at: get_opt("expires_at")?,
+        revoked_at: get_opt("revoked_at")?,
+        revoke_reason: row
+            .try_get("revoke_reason")
+            .map_err(|_| corrupt("revoke_reason"))?,
+        last_used_at: get_opt("last_used_at")?,
+        request_count: row
+            .try_get::<i64, _>("request_count")
+            .ok()
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| corrupt("request_count"))?,
+        versions: Vec::new(),
+    })
+}
+
+/// One row of `secret_key_versions` (`key_id, hash, hint, created_at, expires_at`).
+pub fn secret_version_from_row<'r, R>(row: &'r R) -> Result<(KeyId, SecretVersion), Error>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get("key_id").map_err(|_| corrupt("key_id"))?;
+    let hash: Vec<u8> = row.try_get("hash").map_err(|_| corrupt("hash"))?;
+    Ok((
+        KeyId::parse(&id).ok_or_else(|| corrupt("secret key ID"))?,
+        SecretVersion {
+            hash: hash.try_into().map_err(|_| corrupt("secret hash"))?,
+            hint: row.try_get("hint").map_err(|_| corrupt("hint"))?,
+            created_at: row
+                .try_get("created_at")
+                .map_err(|_| corrupt("created_at"))?,
+            expires_at: row
+                .try_get("expires_at")
+                .map_err(|_| corrupt("expires_at"))?,
+        },
+    ))
+}
+
+/// Attaches versions (newest first) to their keys.
+pub fn attach_versions(keys: &mut [SecretKey], versions: Vec<(KeyId, SecretVersion)>) {
+    let index: std::collections::HashMap<KeyId, usize> =
+        keys.iter().enumerate().map(|(i, k)| (k.id, i)).collect();
+    for (id, v) in versions {
+        if let Some(k) = index.get(&id).and_then(|&i| keys.get_mut(i)) {
+            k.versions.push(v);
+        }
+    }
+    for k in keys {
+        k.versions
+            .sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.hash.cmp(&a.hash)));
+    }
 }

@@ -24,6 +24,7 @@ use keygate_core::meter::KeyUsage;
 use keygate_core::role::RoleCatalog;
 use keygate_core::role::RoleSet;
 use keygate_core::secret::{BearerSecret, PasswordHashText, SecretHash};
+use keygate_core::secret_key::{Restrictions, SecretKey, SecretKeyText, SecretVersion};
 use keygate_core::store::{Issuer, Store, TakePrivateKey};
 use keygate_core::user::{Invitation, User};
 
@@ -1238,6 +1239,162 @@ async fn sessions_live_while_used(store: Arc<dyn Store>) {
     );
 }
 
+async fn secret_keys_store_hashes_roll_and_revoke(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let secret = SecretKeyText::generate().unwrap();
+    let key = SecretKey {
+        id: KeyId::generate().unwrap(),
+        issuer_id: iss,
+        name: "maps".into(),
+        roles: RoleSet::from_stored("DEVELOPER").unwrap(),
+        restrictions: Restrictions::from_json(&serde_json::json!({
+            "referrers": ["https://*.example.com/*"], "ipRanges": ["192.0.2.0/24"], "apis": ["GET /v1/maps/**"],
+        }))
+        .unwrap(),
+        created_by: "apiKey:ABCDEFGHIJ".into(),
+        created_at: T0,
+        expires_at: Some(T0 + 1000),
+        revoked_at: None,
+        revoke_reason: None,
+        last_used_at: None,
+        request_count: 0,
+        versions: vec![SecretVersion { hash: secret.hash(), hint: secret.hint(), created_at: T0, expires_at: None }],
+    };
+    let (seq, _) = load_all(&store).await;
+    store
+        .insert_secret_key(&key, &event(iss, AuditAction::SecretKeyCreated, "s"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_secret_key(iss, key.id).await.unwrap(),
+        Some(key.clone())
+    );
+    assert_eq!(
+        store
+            .get_secret_key(issuer(&store).await, key.id)
+            .await
+            .unwrap(),
+        None,
+        "not across issuers"
+    );
+    assert_eq!(
+        store.list_secret_keys(iss).await.unwrap(),
+        vec![key.clone()]
+    );
+    assert_eq!(
+        store.secret_key_by_hash(&secret.hash()).await.unwrap(),
+        Some(key.clone())
+    );
+    assert_eq!(store.secret_key_by_hash(&[7; 32]).await.unwrap(), None);
+    let feed = store.changes_since(seq, 100).await.unwrap();
+    assert_eq!(
+        feed.last().map(|(_, id)| *id),
+        Some(key.id),
+        "secret keys share the change feed"
+    );
+    assert_eq!(
+        store.secret_keys_by_id(&[key.id]).await.unwrap(),
+        vec![key.clone()]
+    );
+    assert!(store.keys_by_id(&[key.id]).await.unwrap().is_empty());
+    assert_eq!(
+        store.load_all_secret_keys().await.unwrap(),
+        vec![key.clone()]
+    );
+
+    // Usage counts reach secret keys as they reach API keys.
+    store
+        .record_usage(&[KeyUsage {
+            key_id: key.id,
+            requests: 3,
+            last_used_at: T0 + 5,
+        }])
+        .await
+        .unwrap();
+    let used = store.get_secret_key(iss, key.id).await.unwrap().unwrap();
+    assert_eq!((used.request_count, used.last_used_at), (3, Some(T0 + 5)));
+
+    // A roll adds a version and ends the old one; a second roll keeps the earlier end.
+    let second = SecretKeyText::generate().unwrap();
+    let v2 = SecretVersion {
+        hash: second.hash(),
+        hint: second.hint(),
+        created_at: T0 + 10,
+        expires_at: None,
+    };
+    let rolled = store
+        .roll_secret_key(
+            iss,
+            key.id,
+            &v2,
+            T0 + 100,
+            &event(iss, AuditAction::SecretKeyRolled, "s"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rolled.versions.len(), 2);
+    assert_eq!(rolled.versions[0], v2, "newest first");
+    assert_eq!(rolled.versions[1].expires_at, Some(T0 + 100));
+    let third = SecretKeyText::generate().unwrap();
+    let v3 = SecretVersion {
+        hash: third.hash(),
+        hint: third.hint(),
+        created_at: T0 + 20,
+        expires_at: None,
+    };
+    let rolled = store
+        .roll_secret_key(
+            iss,
+            key.id,
+            &v3,
+            T0 + 500,
+            &event(iss, AuditAction::SecretKeyRolled, "s"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let ends: Vec<Option<i64>> = rolled.versions.iter().map(|v| v.expires_at).collect();
+    assert_eq!(ends, vec![None, Some(T0 + 500), Some(T0 + 100)]);
+    assert_eq!(rolled.live_versions(T0 + 200).count(), 2);
+
+    // Revocation is final, and a revoked key cannot be rolled.
+    let ev = event(iss, AuditAction::SecretKeyRevoked, "s");
+    let revoked = store
+        .revoke_secret_key(iss, key.id, Some("leaked"), T0 + 30, &ev)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(T0 + 30));
+    let again = store
+        .revoke_secret_key(iss, key.id, None, T0 + 40, &ev)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.revoked_at, again.revoke_reason.as_deref()),
+        (Some(T0 + 30), Some("leaked"))
+    );
+    let fourth = SecretKeyText::generate().unwrap();
+    let v4 = SecretVersion {
+        hash: fourth.hash(),
+        hint: fourth.hint(),
+        created_at: T0 + 50,
+        expires_at: None,
+    };
+    assert!(matches!(
+        store.roll_secret_key(iss, key.id, &v4, T0 + 50, &ev).await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(
+        store
+            .revoke_secret_key(iss, KeyId::generate().unwrap(), None, T0, &ev)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 macro_rules! backend {
     ($module:ident, $open:expr) => {
         mod $module {
@@ -1268,6 +1425,7 @@ macro_rules! backend {
             case!(setup_and_invitation_links_work_once);
             case!(roles_follow_users_to_their_individual_keys);
             case!(sessions_live_while_used);
+            case!(secret_keys_store_hashes_roll_and_revoke);
         }
     };
 }

@@ -12,14 +12,19 @@ use crate::config::ForwardAuthHeaders;
 use crate::error::ApiError;
 use crate::{AppState, dataplane};
 
-fn decide(state: &AppState, headers: &HeaderMap, target: &RequestTarget<'_>) -> Response {
+fn decide(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    target: &RequestTarget<'_>,
+) -> Response {
     let mut resp = if headers
         .get(dataplane::RECHECK)
         .is_some_and(|v| v.as_bytes() == b"1")
     {
-        dataplane::recheck(state, headers, target)
+        dataplane::recheck(state, headers, peer, target)
     } else {
-        match dataplane::check(state, headers, target) {
+        match dataplane::check(state, headers, peer, target) {
             Ok(admitted) => dataplane::allowed_response(&admitted),
             Err(refused) => refused,
         }
@@ -122,6 +127,7 @@ pub async fn authz_headers(
     Ok(decide(
         &state,
         headers,
+        peer(&req),
         &RequestTarget::from_uri(&method, &origin_form),
     ))
 }
@@ -136,5 +142,11 @@ pub async fn authz_path(State(state): State<AppState>, req: Request) -> Response
         path,
         query: uri.query().unwrap_or(""),
     };
-    decide(&state, req.headers(), &target)
+    decide(&state, req.headers(), peer(&req), &target)
+}
+
+fn peer(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }

@@ -5,4 +5,5 @@ pub mod audit;
 pub mod authz;
 pub mod health;
 pub mod keys;
+pub mod secret_keys;
 pub mod users;

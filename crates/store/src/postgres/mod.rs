@@ -16,6 +16,7 @@
 //! ascending ID order when a transaction locks more than one.
 
 mod rows;
+mod secrets;
 mod users;
 
 use std::net::IpAddr;
@@ -32,6 +33,7 @@ use keygate_core::error::{Error, PrivateKeyUnavailable, Result};
 use keygate_core::ids::{Actor, IssuerId, KeyId};
 use keygate_core::key::{ApiKey, KeyQuery, KeyType, Page, PrivateKeyState, StatusFilter};
 use keygate_core::meter::KeyUsage;
+use keygate_core::secret_key::SecretKey;
 use keygate_core::store::{
     AuditStore, ChangeFeed, DeploymentStore, Issuer, IssuerStore, KeyStore, LOAD_BATCH, OpenSealed,
     Store, TakePrivateKey,
@@ -44,6 +46,10 @@ use rows::{audit_from_row, db_err, key_from_row};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_users.sql")),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_secret_keys.sql"),
+    ),
 ];
 
 const KEY_COLUMNS: &str = "id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, request_count, revoked_at, revoke_reason, expires_at, user_id";
@@ -733,6 +739,16 @@ impl KeyStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+            // The key may be a secret key instead (they share the ID space).
+            sqlx::query(
+                "UPDATE secret_keys SET request_count = request_count + $1, last_used_at = GREATEST(COALESCE(last_used_at, 0), $2) WHERE id = $3",
+            )
+            .bind(i64::try_from(u.requests).unwrap_or(i64::MAX))
+            .bind(u.last_used_at)
+            .bind(u.key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)
     }
@@ -792,6 +808,24 @@ impl ChangeFeed for PostgresStore {
                     .ok_or_else(|| Error::Internal("corrupt key ID in the change feed".into()))
             })
             .collect()
+    }
+
+    async fn load_all_secret_keys(&self) -> Result<Vec<SecretKey>> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        secrets::select_secret_keys(&mut conn, "1 = 1", &[]).await
+    }
+
+    async fn secret_keys_by_id(&self, ids: &[KeyId]) -> Result<Vec<SecretKey>> {
+        let mut out = Vec::new();
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let binds: Vec<String> = chunk.iter().map(|id| id.as_str().to_owned()).collect();
+            out.extend(
+                secrets::select_secret_keys(&mut conn, &format!("id IN ({marks})"), &binds).await?,
+            );
+        }
+        Ok(out)
     }
 
     async fn keys_by_id(&self, ids: &[KeyId]) -> Result<Vec<ApiKey>> {

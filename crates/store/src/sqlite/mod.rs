@@ -5,6 +5,7 @@
 //! `keygate admin bootstrap`) wait on the busy timeout. Reads use a separate pool.
 
 mod rows;
+mod secrets;
 mod users;
 
 use std::net::IpAddr;
@@ -23,6 +24,7 @@ use keygate_core::error::{Error, PrivateKeyUnavailable, Result};
 use keygate_core::ids::{Actor, IssuerId, KeyId};
 use keygate_core::key::{ApiKey, KeyQuery, KeyType, Page, PrivateKeyState, StatusFilter};
 use keygate_core::meter::KeyUsage;
+use keygate_core::secret_key::SecretKey;
 use keygate_core::store::{
     AuditStore, ChangeFeed, DeploymentStore, Issuer, IssuerStore, KeyStore, LOAD_BATCH, OpenSealed,
     Store, TakePrivateKey,
@@ -36,6 +38,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_usage.sql")),
     (3, include_str!("../../migrations/sqlite/0003_users.sql")),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_secret_keys.sql"),
+    ),
 ];
 
 const KEY_COLUMNS: &str = "id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, request_count, revoked_at, revoke_reason, expires_at, user_id";
@@ -693,6 +699,16 @@ impl KeyStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+            // The key may be a secret key instead (they share the ID space).
+            sqlx::query(
+                "UPDATE secret_keys SET request_count = request_count + ?, last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+            )
+            .bind(i64::try_from(u.requests).unwrap_or(i64::MAX))
+            .bind(u.last_used_at)
+            .bind(u.key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)
     }
@@ -748,6 +764,14 @@ impl ChangeFeed for SqliteStore {
             .collect()
     }
 
+    async fn load_all_secret_keys(&self) -> Result<Vec<SecretKey>> {
+        self.all_secret_keys().await
+    }
+
+    async fn secret_keys_by_id(&self, ids: &[KeyId]) -> Result<Vec<SecretKey>> {
+        self.secret_keys_with_ids(ids).await
+    }
+
     async fn keys_by_id(&self, ids: &[KeyId]) -> Result<Vec<ApiKey>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
@@ -763,6 +787,26 @@ impl ChangeFeed for SqliteStore {
             for row in &rows {
                 out.push(key_from_row(row)?);
             }
+        }
+        Ok(out)
+    }
+}
+
+impl SqliteStore {
+    async fn all_secret_keys(&self) -> Result<Vec<SecretKey>> {
+        let mut conn = self.reader.acquire().await.map_err(db_err)?;
+        secrets::select_secret_keys(&mut conn, "1 = 1", &[]).await
+    }
+
+    async fn secret_keys_with_ids(&self, ids: &[KeyId]) -> Result<Vec<SecretKey>> {
+        let mut out = Vec::new();
+        let mut conn = self.reader.acquire().await.map_err(db_err)?;
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let binds: Vec<String> = chunk.iter().map(|id| id.as_str().to_owned()).collect();
+            out.extend(
+                secrets::select_secret_keys(&mut conn, &format!("id IN ({marks})"), &binds).await?,
+            );
         }
         Ok(out)
     }
