@@ -2,6 +2,7 @@
 //! management API (`keys ...`).
 
 mod keys;
+mod secret_keys;
 mod users;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ enum Command {
     /// Manage API keys through a running server.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Manage secret keys (kgsk_…) through a running server.
+    #[command(subcommand)]
+    SecretKeys(secret_keys::SecretKeysCommand),
     /// Manage people (users and invitations) through a running server.
     #[command(subcommand)]
     Users(users::UsersCommand),
@@ -207,6 +211,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Keys(cmd) => keys::run(cmd).await,
         Command::Users(cmd) => users::run(cmd).await,
+        Command::SecretKeys(cmd) => secret_keys::run(cmd).await,
         Command::Audit(AuditCommand::Verify { config, database }) => {
             audit_verify(config.as_deref(), database).await
         }

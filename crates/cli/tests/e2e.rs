@@ -585,3 +585,145 @@ async fn users_cli_invites_lists_and_removes() {
             .any(|u| u["email"] == "lin@example.com")
     );
 }
+
+/// Secret keys end to end: created and rolled through the CLI, presented to the reverse proxy
+/// and to `/authz`, revoked; then no secret is found in any file of the data folder or in the
+/// trace-level log, while the hashes keygate looks them up by are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_keys_through_the_cli_and_the_proxy_are_never_at_rest() {
+    let up = std::sync::Arc::new(Upstream::default());
+    let upstream = serve_upstream(echo_routes().with_state(std::sync::Arc::clone(&up))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with(
+        &data,
+        &["--proxy-listen", "127.0.0.1:0", "--upstream", &upstream],
+        &[],
+    );
+    let proxy = server.proxy.clone().unwrap();
+    let admin = bootstrap(&server, dir.path());
+    wait_until_accepted(
+        &server,
+        &cli_token(&admin.key_file, &admin.key_id, &admin.issuer),
+    )
+    .await;
+    let cli = |args: &[&str]| {
+        let mut all: Vec<&str> = vec!["secret-keys"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[
+            "--server",
+            &server.base,
+            "--key",
+            admin.key_file.to_str().unwrap(),
+            "--key-id",
+            &admin.key_id,
+            "--issuer-id",
+            &admin.issuer,
+            "--json",
+        ]);
+        let (ok, out, err) = keygate(&all);
+        assert!(ok, "keygate secret-keys {args:?}: {err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let web = cli(&[
+        "create",
+        "--name",
+        "web",
+        "--role",
+        "DEVELOPER",
+        "--api",
+        "GET /v1/echo/**",
+        "--ip-range",
+        "127.0.0.0/8",
+    ]);
+    let id = web["id"].as_str().unwrap().to_owned();
+    let first = web["secret"].as_str().unwrap().to_owned();
+    let other = cli(&["create", "--name", "other", "--role", "DEVELOPER"]);
+    let other_secret = other["secret"].as_str().unwrap().to_owned();
+    let until = keygate_core::time_fmt::rfc3339(
+        i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap()
+            + 3600,
+    );
+    let rolled = cli(&["roll", &id, "--old-key-expires-at", &until]);
+    let second = rolled["secret"].as_str().unwrap().to_owned();
+    assert_ne!(first, second);
+
+    // Through the reverse proxy: the upstream sees the secret key's identity, not the secret.
+    for secret in [&first, &second] {
+        let resp = http()
+            .get(format!("{proxy}/v1/echo/tiles"))
+            .header("x-api-key", secret.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen: Value = resp.json().await.unwrap();
+        assert_eq!(seen["headers"]["x-keygate-key-type"], json!(["secret"]));
+        assert_eq!(seen["headers"]["x-keygate-key-id"], json!([id]));
+        assert!(seen["headers"].get("x-api-key").is_none(), "{seen}");
+        assert!(!seen.to_string().contains(secret.as_str()));
+    }
+    let resp = http()
+        .post(format!("{proxy}/v1/echo/tiles"))
+        .header("x-api-key", &second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reason(resp).await, (403, "API_NOT_ALLOWED".into()));
+    // And through forward auth, as a bearer credential.
+    assert_eq!(
+        authz_status(&server, &other_secret, "/v1/anything").await,
+        200
+    );
+    let revoked = cli(&["revoke", other["id"].as_str().unwrap(), "--reason", "done"]);
+    assert_eq!(revoked["isActive"], false);
+    assert_eq!(
+        authz_status(&server, &other_secret, "/v1/anything").await,
+        401
+    );
+    let listed = cli(&["list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    for secret in [&first, &second, &other_secret] {
+        assert!(
+            !listed.to_string().contains(&secret[5..48]),
+            "lists show hints only"
+        );
+    }
+
+    // Nothing at rest: no secret (nor its random part) in any file, nor in the log.
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            stored.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    let log = server.log.lock().unwrap().clone();
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for secret in [&first, &second, &other_secret] {
+        let random = &secret.as_bytes()[5..48];
+        assert!(
+            !contains(&stored, secret.as_bytes()),
+            "a secret is in the data folder"
+        );
+        assert!(
+            !contains(&stored, random),
+            "a secret's random part is in the data folder"
+        );
+        assert!(!log.contains(secret.as_str()), "a secret is in the log");
+    }
+    // The scan looks where the keys are: their SHA-256 hashes are stored.
+    let parsed = keygate_core::secret_key::SecretKeyText::parse(&second).unwrap();
+    let db = std::fs::read(data.join("keygate.db")).unwrap();
+    let wal = std::fs::read(data.join("keygate.db-wal")).unwrap_or_default();
+    assert!(
+        contains(&db, &parsed.hash()) || contains(&wal, &parsed.hash()),
+        "the secret's hash is stored"
+    );
+}

@@ -6,5 +6,5 @@ pub mod layer;
 pub mod management;
 pub mod minter;
 
-pub use management::{ApiKeyInfo, ClientError, Invited, ManagementClient, UserInfo};
+pub use management::{ApiKeyInfo, ClientError, Invited, ManagementClient, SecretKeyInfo, UserInfo};
 pub use minter::{Identity, MintOptions, TokenMinter};

@@ -65,6 +65,27 @@ pub struct UserInfo {
     pub created_date: String,
 }
 
+/// A secret key as the management API describes it; `secret` only right after create or roll.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyInfo {
+    pub id: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub restrictions: Value,
+    pub is_active: bool,
+    pub created_date: String,
+    pub expires_at: Option<String>,
+    pub revoked_date: Option<String>,
+    pub last_used_date: Option<String>,
+    #[serde(default)]
+    pub request_count: u64,
+    /// The live secrets' hints and ends.
+    pub secrets: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
 /// A new invitation and its one-time accept link (an absolute URL on the server).
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -292,5 +313,87 @@ impl ManagementClient {
         )
         .await
         .map(drop)
+    }
+
+    /// Every secret key of the issuer (hints only).
+    pub async fn list_secret_keys(&self) -> Result<Vec<SecretKeyInfo>, ClientError> {
+        let doc = self
+            .json(self.http.get(format!("{}/v1/secretKeys", self.base)))
+            .await?;
+        doc.get("data")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(from_resource)
+            .collect()
+    }
+
+    /// Creates a secret key; the answer's `secret` is shown this once.
+    pub async fn create_secret_key(
+        &self,
+        name: &str,
+        roles: &[String],
+        restrictions: Value,
+        expires_at: Option<&str>,
+    ) -> Result<SecretKeyInfo, ClientError> {
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("name".into(), json!(name));
+        attrs.insert("roles".into(), json!(roles));
+        attrs.insert("restrictions".into(), restrictions);
+        if let Some(e) = expires_at {
+            attrs.insert("expiresAt".into(), json!(e));
+        }
+        let body = json!({"data": {"type": "secretKeys", "attributes": attrs}});
+        let doc = self
+            .json(
+                self.http
+                    .post(format!("{}/v1/secretKeys", self.base))
+                    .json(&body),
+            )
+            .await?;
+        from_resource(doc.get("data").unwrap_or(&Value::Null))
+    }
+
+    /// Rolls a secret key: a new secret (shown this once); the old one works until
+    /// `old_expires_at` (RFC 3339), or stops now.
+    pub async fn roll_secret_key(
+        &self,
+        id: &str,
+        old_expires_at: Option<&str>,
+    ) -> Result<SecretKeyInfo, ClientError> {
+        let mut attrs = serde_json::Map::new();
+        if let Some(t) = old_expires_at {
+            attrs.insert("oldKeyExpiresAt".into(), json!(t));
+        }
+        let body = json!({"data": {"type": "secretKeys", "id": id, "attributes": attrs}});
+        let doc = self
+            .json(
+                self.http
+                    .post(format!("{}/v1/secretKeys/{id}/roll", self.base))
+                    .json(&body),
+            )
+            .await?;
+        from_resource(doc.get("data").unwrap_or(&Value::Null))
+    }
+
+    pub async fn revoke_secret_key(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+    ) -> Result<SecretKeyInfo, ClientError> {
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("isActive".into(), json!(false));
+        if let Some(r) = reason {
+            attrs.insert("revokeReason".into(), json!(r));
+        }
+        let body = json!({"data": {"type": "secretKeys", "id": id, "attributes": attrs}});
+        let doc = self
+            .json(
+                self.http
+                    .patch(format!("{}/v1/secretKeys/{id}", self.base))
+                    .json(&body),
+            )
+            .await?;
+        from_resource(doc.get("data").unwrap_or(&Value::Null))
     }
 }
