@@ -641,14 +641,7 @@ async fn secret_keys_through_the_cli_and_the_proxy_are_never_at_rest() {
     let other = cli(&["create", "--name", "other", "--role", "DEVELOPER"]);
     let other_secret = other["secret"].as_str().unwrap().to_owned();
     let until = keygate_core::time_fmt::rfc3339(
-        i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-        )
-        .unwrap()
-            + 3600,
+        keygate_core::clock::Clock::now(&keygate_core::clock::SystemClock) + 3600,
     );
     let rolled = cli(&["roll", &id, "--old-key-expires-at", &until]);
     let second = rolled["secret"].as_str().unwrap().to_owned();
