@@ -333,6 +333,123 @@ async fn the_whole_web_flow_in_headless_chromium() {
         .unwrap();
     assert_eq!(reason(resp).await, (401, "KEY_REVOKED".into()));
 
+    // Secret keys: created with restrictions, the secret shown once with a copy button,
+    // rolled and revoked, all from the UI.
+    click(&c, "#create-secret-key").await;
+    landed(&c, "/access/secret-keys/new").await;
+    fill(&c, "name", "Maps web").await;
+    c.find(Locator::Id("access"))
+        .await
+        .unwrap()
+        .select_by_value("DEVELOPER")
+        .await
+        .unwrap();
+    fill(&c, "referrers", "https://*.example.com/*").await;
+    fill(&c, "apis", "GET /v1/maps/**").await;
+    screenshot(&c, "create-secret-key.png").await;
+    click(&c, "#create").await;
+    landed(&c, "/access/secret-keys/new").await;
+    assert!(text(&c).await.contains("It will not be shown again"));
+    let secret_field = c.find(Locator::Id("secret")).await.unwrap();
+    let secret = secret_field.prop("value").await.unwrap().unwrap();
+    assert!(secret.starts_with("kgsk_"), "{secret}");
+    assert!(
+        c.find(Locator::Id("copy-secret")).await.is_ok(),
+        "a copy button"
+    );
+    // The committed screenshot must hold no key material, even a throwaway one.
+    c.execute(
+        "document.getElementById('secret').value = arguments[0];",
+        vec![json!(
+            "kgsk_\u{2026} (the secret; redacted in this screenshot)"
+        )],
+    )
+    .await
+    .unwrap();
+    screenshot(&c, "secret-key-created.png").await;
+    let maps = |secret: String, referer: Option<&'static str>| {
+        let url = server.url("/authz/v1/maps/tiles");
+        async move {
+            let mut req = http().get(url).header("x-api-key", secret);
+            if let Some(r) = referer {
+                req = req.header("referer", r);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let doc: Value = resp.json().await.unwrap_or(Value::Null);
+            let why = doc["errors"][0]["meta"]["reason"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            (status, why)
+        }
+    };
+    assert_eq!(
+        maps(secret.clone(), Some("https://app.example.com/"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        maps(secret.clone(), None).await,
+        (403, "REFERRER_NOT_ALLOWED".into())
+    );
+    c.goto(&server.url("/access/integrations")).await.unwrap();
+    assert!(
+        !c.source().await.unwrap().contains(&secret),
+        "lists never show the secret"
+    );
+    let secret_id = c
+        .find(Locator::Css("tr[data-secret-key-id]"))
+        .await
+        .unwrap()
+        .attr("data-secret-key-id")
+        .await
+        .unwrap()
+        .unwrap();
+    click(
+        &c,
+        &format!("a[href='/access/secret-keys/{secret_id}/roll']"),
+    )
+    .await;
+    landed(&c, &format!("/access/secret-keys/{secret_id}/roll")).await;
+    c.find(Locator::Id("overlap"))
+        .await
+        .unwrap()
+        .select_by_value("0")
+        .await
+        .unwrap();
+    click(&c, "#confirm-roll").await;
+    landed(&c, &format!("/access/secret-keys/{secret_id}/roll")).await;
+    let rolled = c
+        .find(Locator::Id("secret"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(rolled, secret);
+    assert_eq!(
+        maps(secret.clone(), Some("https://app.example.com/")).await,
+        (401, "KEY_EXPIRED".into())
+    );
+    assert_eq!(
+        maps(rolled.clone(), Some("https://app.example.com/"))
+            .await
+            .0,
+        200
+    );
+    c.goto(&server.url(&format!("/access/secret-keys/{secret_id}/revoke")))
+        .await
+        .unwrap();
+    click(&c, "#confirm-revoke-secret").await;
+    landed(&c, "/access/integrations?").await;
+    assert_eq!(
+        maps(rolled.clone(), Some("https://app.example.com/")).await,
+        (401, "KEY_REVOKED".into())
+    );
+
     // 7. Invite a user; they accept and sign in.
     click(&c, "nav.tabs a[href='/access/people']").await;
     landed(&c, "/access/people").await;
@@ -357,6 +474,14 @@ async fn the_whole_web_flow_in_headless_chromium() {
         .unwrap();
     assert!(accept.starts_with(&server.url("/invitations/")), "{accept}");
     assert!(text(&c).await.contains("grace@example.com"));
+    c.execute(
+        "document.getElementById('accept-link').value = arguments[0];",
+        vec![json!(
+            "http://127.0.0.1:8080/invitations/\u{2026} (redacted in this screenshot)"
+        )],
+    )
+    .await
+    .unwrap();
     screenshot(&c, "people.png").await;
     sign_out(&c).await;
     c.goto(&accept).await.unwrap();

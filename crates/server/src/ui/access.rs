@@ -22,6 +22,7 @@ use crate::jsonapi::MAX_LIMIT;
 pub struct IntegrationsQuery {
     created: Option<String>,
     revoked: Option<String>,
+    revoked_secret: Option<String>,
 }
 
 /// Every key in the caller's scope, newest first (pages through the list).
@@ -125,6 +126,13 @@ pub async fn integrations(
         Ok(k) => k,
         Err(e) => return error_page(Some(&web), e),
     };
+    let secret_keys = match web.principal.admin() {
+        Ok(admin) => match state.secrets.list(&admin).await {
+            Ok(s) => Some(s),
+            Err(e) => return error_page(Some(&web), e),
+        },
+        Err(_) => None,
+    };
     let now = state.keys.now();
     let window = state.keys.limits().download_window;
     let active = |t: KeyType| -> Vec<&ApiKey> {
@@ -195,6 +203,12 @@ pub async fn integrations(
             } @else {
                 (key_table(&web, &individual, now, window, admin))
             }
+        }
+        @if let Some(secret_keys) = &secret_keys {
+            @if let Some(id) = &q.revoked_secret {
+                div.notice role="status" { p { "Secret key " code { (id) } " was revoked. Requests with it are refused from now on." } }
+            }
+            (super::secret_keys::section(secret_keys, now))
         }
         (revoked_section(&revoked))
     };

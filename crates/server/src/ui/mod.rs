@@ -11,6 +11,7 @@
 
 mod access;
 mod people;
+mod secret_keys;
 mod sign_in;
 
 use axum::Router;
@@ -83,6 +84,19 @@ pub fn router() -> Router<AppState> {
             get(access::revoke_confirm).post(access::revoke),
         )
         .route("/access/audit", get(access::audit_log))
+        .route(
+            "/access/secret-keys/new",
+            get(secret_keys::new_form).post(secret_keys::create),
+        )
+        .route(
+            "/access/secret-keys/{id}/roll",
+            get(secret_keys::roll_confirm).post(secret_keys::roll),
+        )
+        .route(
+            "/access/secret-keys/{id}/revoke",
+            get(secret_keys::revoke_confirm).post(secret_keys::revoke),
+        )
+        .route("/static/copy.js", get(copy_script))
         .layer(middleware::from_fn(page_headers))
 }
 
@@ -94,7 +108,7 @@ async fn page_headers(req: Request, next: Next) -> Response {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert(
@@ -109,6 +123,16 @@ async fn stylesheet() -> Response {
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    resp
+}
+
+/// The one script: the copy button of a secret shown once. Pages work without it.
+async fn copy_script() -> Response {
+    let mut resp = Response::new(Body::from(include_str!("copy.js")));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
     );
     resp
 }
@@ -372,6 +396,7 @@ fn layout(title: &str, web: Option<&Web>, content: &Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " – keygate" }
                 link rel="stylesheet" href="/static/keygate.css";
+                script src="/static/copy.js" defer {}
             }
             body {
                 header.top {
