@@ -15,6 +15,7 @@ pub mod routes;
 pub mod serve;
 pub mod ui;
 
+use std::fmt;
 use std::sync::Arc;
 
 use axum::Router;
@@ -22,7 +23,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{any, get};
+use axum::routing::{MethodRouter, any, get};
 use keygate_core::gate::Gate;
 use keygate_core::keyset::KeyRing;
 use keygate_core::people::UserService;
@@ -54,49 +55,98 @@ pub struct AppState {
     pub forward_auth_headers: config::ForwardAuthHeaders,
 }
 
-/// The main listener's router.
-pub fn app(state: AppState) -> Router {
-    use routes::{audit, authz, health, keys, secret_keys, users};
-    let v1 = Router::new()
-        .route("/issuer", get(keys::get_issuer))
-        .route("/apiKeys", get(keys::list_keys).post(keys::create_key))
-        .route(
+/// One route of the management API: its path under `/v1`, the methods it answers, and its
+/// handlers. The router is built from [`management_routes`], and so is the test that checks that
+/// every route refuses callers without valid credentials (`tests/routes.rs`): a route cannot
+/// be added without being checked, and a method answered but not listed fails that test.
+pub struct ManagementRoute {
+    pub path: &'static str,
+    pub methods: &'static [&'static str],
+    handler: MethodRouter<AppState>,
+}
+
+impl fmt::Debug for ManagementRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagementRoute")
+            .field("path", &self.path)
+            .field("methods", &self.methods)
+            .finish_non_exhaustive()
+    }
+}
+
+fn route(
+    path: &'static str,
+    methods: &'static [&'static str],
+    handler: MethodRouter<AppState>,
+) -> ManagementRoute {
+    ManagementRoute {
+        path,
+        methods,
+        handler,
+    }
+}
+
+/// Every management route (`/v1/...`).
+pub fn management_routes() -> Vec<ManagementRoute> {
+    use axum::routing::{delete, post};
+    use routes::{audit, keys, secret_keys, users};
+    vec![
+        route("/issuer", &["GET"], get(keys::get_issuer)),
+        route(
+            "/apiKeys",
+            &["GET", "POST"],
+            get(keys::list_keys).post(keys::create_key),
+        ),
+        route(
             "/apiKeys/{key_id}",
+            &["GET", "PATCH"],
             get(keys::get_key).patch(keys::patch_key),
-        )
-        .route("/auditEvents", get(audit::list))
-        .route(
+        ),
+        route(
+            "/apiKeys/{key_id}/privateKey",
+            &["GET"],
+            get(keys::download_private_key),
+        ),
+        route("/auditEvents", &["GET"], get(audit::list)),
+        route(
             "/secretKeys",
+            &["GET", "POST"],
             get(secret_keys::list).post(secret_keys::create),
-        )
-        .route(
+        ),
+        route(
             "/secretKeys/{id}",
+            &["GET", "PATCH"],
             get(secret_keys::get).patch(secret_keys::patch),
-        )
-        .route(
-            "/secretKeys/{id}/roll",
-            axum::routing::post(secret_keys::roll),
-        )
-        .route("/leaks", axum::routing::post(secret_keys::leaks))
-        .route("/users", get(users::list_users))
-        .route(
+        ),
+        route("/secretKeys/{id}/roll", &["POST"], post(secret_keys::roll)),
+        route("/leaks", &["POST"], post(secret_keys::leaks)),
+        route("/users", &["GET"], get(users::list_users)),
+        route(
             "/users/{id}",
+            &["GET", "PATCH", "DELETE"],
             get(users::get_user)
                 .patch(users::patch_user)
                 .delete(users::delete_user),
-        )
-        .route(
+        ),
+        route(
             "/userInvitations",
+            &["GET", "POST"],
             get(users::list_invitations).post(users::create_invitation),
-        )
-        .route(
+        ),
+        route(
             "/userInvitations/{id}",
-            axum::routing::delete(users::delete_invitation),
-        )
-        .route(
-            "/apiKeys/{key_id}/privateKey",
-            get(keys::download_private_key),
-        )
+            &["DELETE"],
+            delete(users::delete_invitation),
+        ),
+    ]
+}
+
+/// The main listener's router.
+pub fn app(state: AppState) -> Router {
+    use routes::{authz, health};
+    let v1 = management_routes()
+        .into_iter()
+        .fold(Router::new(), |r, m| r.route(m.path, m.handler))
         .layer(middleware::from_fn(no_store));
     let pages = Router::new()
         .nest("/v1", v1)
