@@ -53,6 +53,9 @@ async fn send(router: &Router, req: Request<Body>) -> (StatusCode, Value) {
     )
 }
 
+/// (what, credential header, expected status, expected reason)
+type Case<'a> = (&'a str, Option<(&'a str, String)>, u16, &'a str);
+
 fn reason(doc: &Value) -> String {
     doc["errors"][0]["meta"]["reason"]
         .as_str()
@@ -100,7 +103,7 @@ async fn every_management_route_refuses_callers_without_valid_credentials() {
     )
     .await;
     let key_id = key["data"]["id"].as_str().unwrap().to_owned();
-    let (_, pem) = {
+    let pem = {
         let resp = router
             .clone()
             .oneshot(
@@ -114,7 +117,7 @@ async fn every_management_route_refuses_callers_without_valid_credentials() {
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
             .unwrap();
-        ((), String::from_utf8(bytes.to_vec()).unwrap())
+        String::from_utf8(bytes.to_vec()).unwrap()
     };
     let revoked_signer = Signer::from_pem(&PrivateKeyPem::from_pem(pem)).unwrap();
     let (_, target) = send(
@@ -209,10 +212,10 @@ async fn every_management_route_refuses_callers_without_valid_credentials() {
         json!({"data": {"type": kind, "attributes": attrs}})
     };
 
-    let routes = management_routes();
-    assert!(routes.len() >= 13, "{routes:?}");
+    let listed_routes = management_routes();
+    assert!(listed_routes.len() >= 13, "{listed_routes:?}");
     let mut checked = 0;
-    for r in &routes {
+    for r in &listed_routes {
         let uri = concrete(r.path);
         let public = r.path == "/leaks";
         let has_id = r.path.contains('{');
@@ -239,7 +242,7 @@ async fn every_management_route_refuses_callers_without_valid_credentials() {
             // (credential, expected status, expected reason)
             let expired = token(&admin, admin_key.id.as_str(), &iss, clock.now() - 3600);
             let revoked = token(&revoked_signer, &key_id, &iss, clock.now() + 600);
-            let cases: Vec<(&str, Option<(&str, String)>, u16, &str)> = vec![
+            let cases: Vec<Case<'_>> = vec![
                 (
                     "no credential",
                     None,
