@@ -33,6 +33,9 @@ use tower::ServiceExt as _;
 
 const NOW: i64 = 1_795_687_200;
 
+/// (case, request headers, expected reason)
+type RequestCase<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -84,13 +87,7 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
     let kid = team.id.to_string();
     let public = team.public_key.clone();
     // An individual key, and a stranger's key pair keygate never saw.
-    let (holder, _) = state
-        .users
-        .setup_link(issuer.id)
-        .await
-        .unwrap()
-        .map(|l| (l, ()))
-        .unwrap();
+    let holder = state.users.setup_link(issuer.id).await.unwrap().unwrap();
     let person = state
         .users
         .create_account_holder(
@@ -160,8 +157,8 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
         sign(&h, &claims.to_string())
     };
     let good = sign(&hdr, &claims.to_string());
-    let (head_b64, rest) = good.split_once('.').unwrap();
-    let (payload_b64, sig_b64) = rest.split_once('.').unwrap();
+    let (head_b64, after_head) = good.split_once('.').unwrap();
+    let (payload_b64, sig_b64) = after_head.split_once('.').unwrap();
     let raw_sig = URL_SAFE_NO_PAD.decode(sig_b64).unwrap();
     let hmac = |key: &[u8], h: &Value| {
         let signing_input = unsigned(h, &claims.to_string());
@@ -560,7 +557,7 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
     assert_eq!(router.clone().oneshot(ok).await.unwrap().status(), 200);
 
     // Request tricks: (case, headers, expected reason)
-    let requests: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    let requests: Vec<RequestCase<'_>> = vec![
         (
             "two Authorization headers",
             vec![
