@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
+use sqlx::Connection as _;
 
 /// What clients were told succeeded.
 #[derive(Default)]
@@ -114,7 +115,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write() {
     }
 
     // Every acknowledged write survived, with the state it was acknowledged in.
-    let acked = acked.lock().unwrap();
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
     let client = http();
     let mut all: Vec<Value> = Vec::new();
     let mut next = Some("/v1/apiKeys?limit=200".to_owned());
@@ -174,7 +175,6 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write() {
     drop(server);
 
     // ...and in the file itself, which is intact.
-    use sqlx::Connection as _;
     let mut db = sqlx::SqliteConnection::connect(&format!("{db_url}?mode=ro"))
         .await
         .unwrap();
