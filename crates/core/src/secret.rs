@@ -214,3 +214,62 @@ mod tests {
         assert!(!constant_time_eq("abc", "ab"));
     }
 }
+
+/// Every type that holds key material, a secret, a password or a session ID redacts its
+/// `Debug` and is zeroized on drop (SPEC §9).
+#[cfg(test)]
+mod hygiene {
+    use zeroize::ZeroizeOnDrop;
+
+    use crate::crypto::{MasterKey, PrivateKeyPem, SealedPrivateKey, generate_key_pair};
+    use crate::key::Algorithm;
+    use crate::secret::{BearerSecret, Password, PasswordHashText};
+    use crate::secret_key::SecretKeyText;
+
+    fn zeroized_on_drop<T: ZeroizeOnDrop>() {}
+
+    #[test]
+    fn secret_types_redact_debug_and_zeroize_on_drop() {
+        zeroized_on_drop::<PrivateKeyPem>();
+        zeroized_on_drop::<MasterKey>();
+        zeroized_on_drop::<SealedPrivateKey>();
+        zeroized_on_drop::<BearerSecret>();
+        zeroized_on_drop::<Password>();
+        zeroized_on_drop::<PasswordHashText>();
+        zeroized_on_drop::<SecretKeyText>();
+
+        let pem = generate_key_pair(Algorithm::Es256).unwrap().private;
+        let master = MasterKey::generate().unwrap();
+        let sealed = master.seal(b"ctx", &pem).unwrap();
+        let bearer = BearerSecret::generate().unwrap();
+        let password = Password::new("hunter2 hunter2".into());
+        let hash = password.hash().unwrap();
+        let secret = SecretKeyText::generate().unwrap();
+        let signer = crate::token::Signer::from_pem(&pem).unwrap();
+        // (Debug output, what must not be in it)
+        let cases: Vec<(String, String)> = vec![
+            (
+                format!("{pem:?}"),
+                pem.expose().lines().nth(1).unwrap_or("").to_owned(),
+            ),
+            (format!("{master:?}"), master.to_base64().to_string()),
+            (format!("{sealed:?}"), format!("{:?}", sealed.as_bytes())),
+            (format!("{bearer:?}"), bearer.expose().to_owned()),
+            (format!("{password:?}"), "hunter2".to_owned()),
+            (format!("{hash:?}"), hash.as_str().to_owned()),
+            (format!("{secret:?}"), secret.expose().to_owned()),
+            (
+                format!("{signer:?}"),
+                pem.expose().lines().nth(1).unwrap_or("").to_owned(),
+            ),
+        ];
+        for (debug, secret) in cases {
+            assert!(!secret.is_empty());
+            assert!(!debug.contains(&secret), "{debug}");
+            assert!(
+                debug.contains("redacted") || debug.ends_with(" bytes)"),
+                "{debug}"
+            );
+        }
+    }
+}
