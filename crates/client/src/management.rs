@@ -231,20 +231,30 @@ impl ManagementClient {
         key_id: &str,
         reason: Option<&str>,
     ) -> Result<ApiKeyInfo, ClientError> {
+        from_resource(&self.revoke("apiKeys", key_id, reason).await?)
+    }
+
+    /// `PATCH /v1/{kind}/{id}` with `isActive: false`: the revoked resource.
+    async fn revoke(
+        &self,
+        kind: &str,
+        id: &str,
+        reason: Option<&str>,
+    ) -> Result<Value, ClientError> {
         let mut attrs = serde_json::Map::new();
         attrs.insert("isActive".into(), json!(false));
         if let Some(r) = reason {
             attrs.insert("revokeReason".into(), json!(r));
         }
-        let body = json!({"data": {"type": "apiKeys", "id": key_id, "attributes": attrs}});
-        let doc = self
+        let body = json!({"data": {"type": kind, "id": id, "attributes": attrs}});
+        let mut doc = self
             .json(
                 self.http
-                    .patch(format!("{}/v1/apiKeys/{key_id}", self.base))
+                    .patch(format!("{}/v1/{kind}/{id}", self.base))
                     .json(&body),
             )
             .await?;
-        ApiKeyInfo::from_resource(doc.get("data").unwrap_or(&Value::Null))
+        Ok(doc.get_mut("data").map_or(Value::Null, Value::take))
     }
 
     /// The issuer's users.
@@ -381,19 +391,6 @@ impl ManagementClient {
         id: &str,
         reason: Option<&str>,
     ) -> Result<SecretKeyInfo, ClientError> {
-        let mut attrs = serde_json::Map::new();
-        attrs.insert("isActive".into(), json!(false));
-        if let Some(r) = reason {
-            attrs.insert("revokeReason".into(), json!(r));
-        }
-        let body = json!({"data": {"type": "secretKeys", "id": id, "attributes": attrs}});
-        let doc = self
-            .json(
-                self.http
-                    .patch(format!("{}/v1/secretKeys/{id}", self.base))
-                    .json(&body),
-            )
-            .await?;
-        from_resource(doc.get("data").unwrap_or(&Value::Null))
+        from_resource(&self.revoke("secretKeys", id, reason).await?)
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::people::tabs;
 use super::{
     CSRF_FIELD, Web, alert, csrf_matches_query, date, error_page, error_text, html_response,
-    layout, read_form, redirect, role_select, roles_text,
+    layout, redirect, role_select, roles_text,
 };
 use crate::AppState;
 use crate::jsonapi::MAX_LIMIT;
@@ -251,13 +251,10 @@ pub async fn generate_form(State(state): State<AppState>, web: Web) -> Response 
 }
 
 pub async fn generate(State(state): State<AppState>, web: Web, body: Body) -> Response {
-    let form = match read_form(body).await {
+    let form = match web.form(body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = web.check_csrf(&form) {
-        return r;
-    }
     let (name, access) = (form.text("name"), form.text("access"));
     let req = NewKey {
         name: name.to_owned(),
@@ -277,11 +274,7 @@ pub async fn generate(State(state): State<AppState>, web: Web, body: Body) -> Re
 }
 
 pub async fn generate_individual(State(state): State<AppState>, web: Web, body: Body) -> Response {
-    let form = match read_form(body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = web.check_csrf(&form) {
+    if let Err(r) = web.form(body).await {
         return r;
     }
     let req = NewKey {
@@ -343,23 +336,16 @@ pub async fn revoke_confirm(
         Ok(k) => k,
         Err(e) => return error_page(Some(&web), e),
     };
-    let content = html! {
-        h1 { "Revoke API Key?" }
-        p { "Revoke \u{201c}" (key.name) "\u{201d} (" code { (key.id.as_str()) } ")? Tokens signed with it are refused at once, on every node. This cannot be undone." }
-        form.stack method="post" action=(format!("/access/keys/{}/revoke", key.id)) {
-            input type="hidden" name=(CSRF_FIELD) value=(web.csrf);
-            label for="reason" { "Reason (optional)" }
-            input id="reason" name="reason" type="text" maxlength="500";
-            div.actions {
-                button.danger type="submit" id="confirm-revoke" { "Revoke" }
-                " "
-                a href="/access/integrations" { "Cancel" }
-            }
-        }
-    };
-    html_response(
-        StatusCode::OK,
-        layout("Revoke API Key", Some(&web), &content),
+    super::revoke_page(
+        &web,
+        &super::RevokeQuestion {
+            kind: "API Key",
+            name: &key.name,
+            id: key.id.as_str(),
+            consequence: "Tokens signed with it are refused at once, on every node.",
+            action: format!("/access/keys/{}/revoke", key.id),
+            button_id: "confirm-revoke",
+        },
     )
 }
 
@@ -369,14 +355,11 @@ pub async fn revoke(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    let form = match read_form(body).await {
+    let form = match web.form(body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = web.check_csrf(&form) {
-        return r;
-    }
-    let reason = form.get("reason").map(str::trim).filter(|r| !r.is_empty());
+    let reason = super::revoke_reason(&form);
     let result = match web.principal.key_scope() {
         Ok(scope) => state.keys.revoke_key(&scope, &id, reason).await,
         Err(e) => Err(e),

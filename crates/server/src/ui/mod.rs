@@ -163,6 +163,14 @@ pub struct Web {
 }
 
 impl Web {
+    /// Reads a submitted form and checks its CSRF token: every state-changing page of a
+    /// session goes through here.
+    async fn form(&self, body: Body) -> Result<Form, Response> {
+        let form = read_form(body).await?;
+        self.check_csrf(&form)?;
+        Ok(form)
+    }
+
     /// Checks the CSRF token of a submitted form.
     fn check_csrf(&self, form: &Form) -> Result<(), Response> {
         if csrf_matches(&self.session_id, form.get(CSRF_FIELD)) {
@@ -290,6 +298,13 @@ fn pre_session_token(headers: &HeaderMap, state: &AppState) -> (String, Option<H
         .unwrap_or_default();
     let cookie = cookie_header(FORM_COOKIE, &token, Some(3600), is_secure(headers, state));
     (token, cookie)
+}
+
+/// Reads a form sent before sign-in and checks its double-submit token.
+async fn pre_session_form(headers: &HeaderMap, body: Body) -> Result<Form, Response> {
+    let form = read_form(body).await?;
+    check_pre_session(headers, &form)?;
+    Ok(form)
 }
 
 /// Checks the double-submit token of a form sent before sign-in.
@@ -456,6 +471,43 @@ fn error_text(e: Error) -> (StatusCode, String) {
         StatusCode::from_u16(body.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         body.detail,
     )
+}
+
+/// What a revocation asks before it happens: the key, what revoking does, an optional reason.
+struct RevokeQuestion<'a> {
+    /// "API Key" or "Secret Key".
+    kind: &'a str,
+    name: &'a str,
+    id: &'a str,
+    consequence: &'a str,
+    action: String,
+    button_id: &'a str,
+}
+
+fn revoke_page(web: &Web, q: &RevokeQuestion<'_>) -> Response {
+    let content = html! {
+        h1 { "Revoke " (q.kind) "?" }
+        p { "Revoke \u{201c}" (q.name) "\u{201d} (" code { (q.id) } ")? " (q.consequence) " This cannot be undone." }
+        form.stack method="post" action=(q.action) {
+            input type="hidden" name=(CSRF_FIELD) value=(web.csrf);
+            label for="reason" { "Reason (optional)" }
+            input id="reason" name="reason" type="text" maxlength="500";
+            div.actions {
+                button.danger type="submit" id=(q.button_id) { "Revoke" }
+                " "
+                a href="/access/integrations" { "Cancel" }
+            }
+        }
+    };
+    html_response(
+        StatusCode::OK,
+        layout(&format!("Revoke {}", q.kind), Some(web), &content),
+    )
+}
+
+/// The optional reason of a revocation form.
+fn revoke_reason(form: &Form) -> Option<&str> {
+    form.get("reason").map(str::trim).filter(|r| !r.is_empty())
 }
 
 /// An error banner, if there is a message.

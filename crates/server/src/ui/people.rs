@@ -9,8 +9,8 @@ use keygate_core::user::Person;
 use maud::{Markup, html};
 
 use super::{
-    CSRF_FIELD, Web, alert, date, error_page, error_text, html_response, layout, read_form,
-    redirect, role_select, roles_text,
+    CSRF_FIELD, Web, alert, date, error_page, error_text, html_response, layout, redirect,
+    role_select, roles_text,
 };
 use crate::AppState;
 
@@ -164,13 +164,10 @@ pub async fn invite(
     web: Web,
     body: Body,
 ) -> Response {
-    let form = match read_form(body).await {
+    let form = match web.form(body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = web.check_csrf(&form) {
-        return r;
-    }
     let admin = match web.principal.admin() {
         Ok(a) => a,
         Err(e) => return error_page(Some(&web), e),
@@ -231,13 +228,10 @@ pub async fn change_roles(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    let form = match read_form(body).await {
+    let form = match web.form(body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = web.check_csrf(&form) {
-        return r;
-    }
     let result = match web.principal.admin() {
         Ok(admin) => {
             state
@@ -293,11 +287,7 @@ pub async fn remove(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    let form = match read_form(body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = web.check_csrf(&form) {
+    if let Err(r) = web.form(body).await {
         return r;
     }
     let result = match web.principal.admin() {
@@ -316,11 +306,7 @@ pub async fn cancel_invitation(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    let form = match read_form(body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = web.check_csrf(&form) {
+    if let Err(r) = web.form(body).await {
         return r;
     }
     let result = match web.principal.admin() {

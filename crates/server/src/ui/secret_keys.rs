@@ -10,8 +10,8 @@ use maud::{Markup, html};
 use serde_json::json;
 
 use super::{
-    CSRF_FIELD, Form, Web, alert, date, error_page, error_text, html_response, layout, read_form,
-    redirect, role_select, roles_text,
+    CSRF_FIELD, Form, Web, alert, date, error_page, error_text, html_response, layout, redirect,
+    role_select, roles_text,
 };
 use crate::AppState;
 
@@ -179,13 +179,10 @@ fn secret_page(web: &Web, key: &SecretKey, secret: &SecretKeyText, rolled: bool)
 }
 
 pub async fn create(State(state): State<AppState>, web: Web, body: Body) -> Response {
-    let form = match read_form(body).await {
+    let form = match web.form(body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = web.check_csrf(&form) {
-        return r;
-    }
     let result = async {
         let admin = web.principal.admin()?;
         let restrictions = Restrictions::from_json(&json!({
@@ -268,13 +265,10 @@ pub async fn roll(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    let form = match read_form(body).await {
+    let form = match web.form(body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = web.check_csrf(&form) {
-        return r;
-    }
     let overlap: i64 = form
         .text("overlap")
         .parse()
@@ -306,23 +300,16 @@ pub async fn revoke_confirm(
         Ok(k) => k,
         Err(e) => return error_page(Some(&web), e),
     };
-    let content = html! {
-        h1 { "Revoke Secret Key?" }
-        p { "Revoke \u{201c}" (key.name) "\u{201d} (" code { (key.id.as_str()) } ")? Requests with any of its secrets are refused at once, on every node. This cannot be undone." }
-        form.stack method="post" action=(format!("/access/secret-keys/{}/revoke", key.id)) {
-            input type="hidden" name=(CSRF_FIELD) value=(web.csrf);
-            label for="reason" { "Reason (optional)" }
-            input id="reason" name="reason" type="text" maxlength="500";
-            div.actions {
-                button.danger type="submit" id="confirm-revoke-secret" { "Revoke" }
-                " "
-                a href="/access/integrations" { "Cancel" }
-            }
-        }
-    };
-    html_response(
-        StatusCode::OK,
-        layout("Revoke Secret Key", Some(&web), &content),
+    super::revoke_page(
+        &web,
+        &super::RevokeQuestion {
+            kind: "Secret Key",
+            name: &key.name,
+            id: key.id.as_str(),
+            consequence: "Requests with any of its secrets are refused at once, on every node.",
+            action: format!("/access/secret-keys/{}/revoke", key.id),
+            button_id: "confirm-revoke-secret",
+        },
     )
 }
 
@@ -332,14 +319,11 @@ pub async fn revoke(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    let form = match read_form(body).await {
+    let form = match web.form(body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = web.check_csrf(&form) {
-        return r;
-    }
-    let reason = form.get("reason").map(str::trim).filter(|r| !r.is_empty());
+    let reason = super::revoke_reason(&form);
     let result = match web.principal.admin() {
         Ok(admin) => state.secrets.revoke(&admin, &id, reason).await,
         Err(e) => Err(e),

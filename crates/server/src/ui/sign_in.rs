@@ -10,9 +10,8 @@ use keygate_core::user::Person;
 use maud::{Markup, html};
 
 use super::{
-    CSRF_FIELD, FORM_COOKIE, Web, alert, check_pre_session, clear_cookie, error_text,
-    html_response, layout, message_page, pre_session_token, read_form, redirect, role_label,
-    start_session,
+    CSRF_FIELD, FORM_COOKIE, Web, alert, clear_cookie, error_text, html_response, layout,
+    message_page, pre_session_form, pre_session_token, redirect, role_label, start_session,
 };
 use crate::AppState;
 use crate::auth::{PeerIp, SESSION_COOKIE, cookie};
@@ -113,13 +112,10 @@ pub async fn setup_submit(
     Path(link): Path<String>,
     body: Body,
 ) -> Response {
-    let mut form = match read_form(body).await {
+    let mut form = match pre_session_form(&headers, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_pre_session(&headers, &form) {
-        return r;
-    }
     let values = (
         form.text("first_name").to_owned(),
         form.text("last_name").to_owned(),
@@ -207,13 +203,10 @@ pub async fn sign_in_submit(
     peer: Peer,
     body: Body,
 ) -> Response {
-    let mut form = match read_form(body).await {
+    let mut form = match pre_session_form(&headers, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_pre_session(&headers, &form) {
-        return r;
-    }
     let email = form.text("email").to_owned();
     let password = Password::new(form.take("password"));
     match state.users.sign_in(&email, password, ip(peer)).await {
@@ -258,11 +251,7 @@ pub async fn sign_out(
     web: Web,
     body: Body,
 ) -> Response {
-    let form = match read_form(body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = web.check_csrf(&form) {
+    if let Err(r) = web.form(body).await {
         return r;
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE)
@@ -336,13 +325,10 @@ pub async fn accept_submit(
     Path(link): Path<String>,
     body: Body,
 ) -> Response {
-    let mut form = match read_form(body).await {
+    let mut form = match pre_session_form(&headers, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_pre_session(&headers, &form) {
-        return r;
-    }
     let password = match passwords_match(&mut form) {
         Ok(p) => p,
         Err(m) => {
