@@ -143,6 +143,77 @@ async fn three_nodes_share_keys_and_revocations_within_a_second() {
     assert_eq!(list(&c).await, on_a);
 }
 
+/// Secret keys ride the same change feed: created, rolled or revoked on one node, every other
+/// node follows within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_keys_propagate_across_nodes_within_a_second() {
+    let db = PgDatabase::create().await;
+    let master = master_key();
+    let a = node(db.url(), &master);
+    let b = node(db.url(), &master);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = bootstrap_env(&a, dir.path(), &[("KEYGATE_MASTER_KEY", &master)]);
+    let admin_token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
+    wait_until_accepted(&a, &admin_token).await;
+    wait_until_accepted(&b, &admin_token).await;
+    let created: Value = http()
+        .post(a.url("/v1/secretKeys"))
+        .bearer_auth(&admin_token)
+        .json(&serde_json::json!({"data": {"type": "secretKeys", "attributes": {"name": "s", "roles": ["DEVELOPER"]}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    let first = created["data"]["attributes"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    until_status(&b, &first, 200, Duration::from_secs(1)).await;
+    // Rolled on A with no overlap: on B the new secret works and the old one stops.
+    let rolled: Value = http()
+        .post(a.url(&format!("/v1/secretKeys/{id}/roll")))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second = rolled["data"]["attributes"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    until_status(&b, &second, 200, Duration::from_secs(1)).await;
+    until_status(&b, &first, 401, Duration::from_secs(1)).await;
+    // Revoked on A: refused on B within a second.
+    let revoked_at = Instant::now();
+    let resp = http()
+        .patch(a.url(&format!("/v1/secretKeys/{id}")))
+        .bearer_auth(&admin_token)
+        .json(
+            &serde_json::json!({"data": {"type": "secretKeys", "attributes": {"isActive": false}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    until_status(&b, &second, 401, Duration::from_secs(1)).await;
+    eprintln!(
+        "secret-key revocation reached B in {:?}",
+        revoked_at.elapsed()
+    );
+    let resp = http()
+        .get(b.url("/authz/v1/apps"))
+        .header("x-api-key", &second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reason(resp).await, (401, "KEY_REVOKED".to_owned()));
+}
+
 /// A TCP relay between one node and PostgreSQL that the test can cut (closing every relayed
 /// connection and refusing new ones) and restore, without touching the shared server.
 struct Relay {
