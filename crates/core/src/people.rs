@@ -25,6 +25,8 @@ use crate::user::{INVITATION_LIFETIME, Invitation, Person, Session, User, granta
 pub struct SessionLimits {
     /// A session unused this long ends (default 30 minutes).
     pub idle_timeout: i64,
+    /// A session ends this long after sign-in however much it is used (default 12 hours).
+    pub absolute_lifetime: i64,
     pub throttle: ThrottleLimits,
 }
 
@@ -32,10 +34,14 @@ impl Default for SessionLimits {
     fn default() -> Self {
         Self {
             idle_timeout: 30 * 60,
+            absolute_lifetime: 12 * 3600,
             throttle: ThrottleLimits::default(),
         }
     }
 }
+
+/// Password hashes computed at once at most (each takes 19 MiB and tens of milliseconds).
+const HASHING_AT_ONCE: usize = 4;
 
 /// A new web session: the user and the session ID to put in the cookie.
 #[derive(Debug)]
@@ -77,6 +83,7 @@ pub struct UserService {
     ring: Arc<KeyRing>,
     limits: SessionLimits,
     throttle: SignInThrottle,
+    hashing: tokio::sync::Semaphore,
 }
 
 impl UserService {
@@ -94,6 +101,7 @@ impl UserService {
             ring,
             throttle: SignInThrottle::new(limits.throttle),
             limits,
+            hashing: tokio::sync::Semaphore::new(HASHING_AT_ONCE),
         }
     }
 
@@ -147,7 +155,7 @@ impl UserService {
             first_name: person.first_name,
             last_name: person.last_name,
             roles: RoleSet::from_stored(Role::ACCOUNT_HOLDER)?,
-            password_hash: hash_password(password).await?,
+            password_hash: self.hash_password(password).await?,
             created_at: now,
         };
         let audit = NewAuditEvent::new(
@@ -174,7 +182,7 @@ impl UserService {
     ) -> Result<SignIn> {
         let email = email.trim();
         let now = self.clock.now();
-        if let Some(retry_after) = self.throttle.blocked(email, ip, now) {
+        if let Err(retry_after) = self.throttle.attempt(email, ip, now) {
             return Ok(SignIn::Throttled { retry_after });
         }
         let candidates = if email.is_empty() || email.len() > 254 {
@@ -184,6 +192,11 @@ impl UserService {
         };
         let hashes: Vec<PasswordHashText> =
             candidates.iter().map(|u| u.password_hash.clone()).collect();
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("password hashing closed".into()))?;
         let matched = tokio::task::spawn_blocking(move || {
             if hashes.is_empty() {
                 // Same work as a real check, so timing does not say whether the email exists.
@@ -197,7 +210,6 @@ impl UserService {
         .await
         .map_err(|e| Error::Internal(format!("password check task failed: {e}")))?;
         let Some(user) = matched.and_then(|i| candidates.get(i)).cloned() else {
-            self.throttle.record_failure(email, ip, now);
             for u in &candidates {
                 let audit = NewAuditEvent::new(
                     u.issuer_id,
@@ -214,7 +226,7 @@ impl UserService {
             }
             return Ok(SignIn::Refused);
         };
-        self.throttle.record_success(email);
+        self.throttle.succeeded(email, ip, now);
         Ok(SignIn::Accepted(self.start_session(user, ip).await?))
     }
 
@@ -235,19 +247,48 @@ impl UserService {
         Ok(NewSession { user, id })
     }
 
-    /// The live session behind a cookie value, if any.
+    /// Hashes a new password off the async workers, a few at a time.
+    async fn hash_password(&self, password: Password) -> Result<PasswordHashText> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("password hashing closed".into()))?;
+        tokio::task::spawn_blocking(move || password.hash())
+            .await
+            .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))?
+    }
+
+    /// The live session behind a cookie value, if any: used within the idle timeout, and
+    /// younger than the absolute lifetime (an older one is ended now).
     pub async fn session(&self, id: &str) -> Result<Option<Session>> {
         let Some(id) = BearerSecret::parse(id) else {
             return Ok(None);
         };
         let now = self.clock.now();
-        self.store
+        let found = self
+            .store
             .touch_session(
                 &id.hash(),
                 now.saturating_sub(self.limits.idle_timeout),
                 now,
             )
-            .await
+            .await?;
+        match found {
+            Some(s) if now.saturating_sub(s.created_at) >= self.limits.absolute_lifetime => {
+                let audit = NewAuditEvent::new(
+                    s.user.issuer_id,
+                    now,
+                    &Actor::System("session-lifetime"),
+                    AuditAction::SignedOut,
+                    s.user.id.to_string(),
+                )
+                .with_detail(json!({"reason": "lifetime"}));
+                self.store.delete_session(&id.hash(), &audit).await?;
+                Ok(None)
+            }
+            other => Ok(other),
+        }
     }
 
     /// The management-API caller a session stands for.
@@ -389,7 +430,7 @@ impl UserService {
             first_name: invitation.first_name.clone(),
             last_name: invitation.last_name.clone(),
             roles: invitation.roles.clone(),
-            password_hash: hash_password(password).await?,
+            password_hash: self.hash_password(password).await?,
             created_at: now,
         };
         let audit = NewAuditEvent::new(
@@ -470,12 +511,6 @@ impl UserService {
         self.ring.apply(&revoked, i64::MIN);
         Ok(())
     }
-}
-
-async fn hash_password(password: Password) -> Result<PasswordHashText> {
-    tokio::task::spawn_blocking(move || password.hash())
-        .await
-        .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))?
 }
 
 fn setup_link_gone() -> Error {

@@ -41,15 +41,24 @@ pub fn peer_ip(parts: &Parts) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
-/// The peer address as an extractor (absent when the server runs without connection info).
+/// The client's address: the peer, or behind a trusted proxy its `X-Forwarded-For` client (see
+/// [`crate::dataplane::client_ip`]). For the audit log and sign-in throttling.
+pub fn client_addr(parts: &Parts, state: &AppState) -> Option<IpAddr> {
+    crate::dataplane::client_ip(&state.trusted_proxies, &parts.headers, peer_ip(parts))
+}
+
+/// [`client_addr`] as an extractor (absent when the server runs without connection info).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerIp(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+impl FromRequestParts<AppState> for PeerIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(peer_ip(parts)))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(client_addr(parts, state)))
     }
 }
 
@@ -122,11 +131,11 @@ impl FromRequestParts<AppState> for Caller {
             path: uri.path(),
             query: uri.query().unwrap_or(""),
         };
-        let principal =
-            state
-                .gate
-                .verifier()
-                .authenticate_management(token, &target, peer_ip(parts))?;
+        let principal = state.gate.verifier().authenticate_management(
+            token,
+            &target,
+            client_addr(parts, state),
+        )?;
         Ok(Self(principal))
     }
 }
@@ -152,5 +161,5 @@ async fn session_caller(parts: &Parts, state: &AppState, id: &str) -> Result<Pri
             .into());
         }
     }
-    Ok(UserService::principal(&session, peer_ip(parts)))
+    Ok(UserService::principal(&session, client_addr(parts, state)))
 }

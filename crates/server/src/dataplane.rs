@@ -114,33 +114,26 @@ pub fn caller<'h>(state: &AppState, headers: &'h HeaderMap, peer: Option<IpAddr>
 
 /// The client's address: the peer, unless the peer is a trusted proxy; then the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy (entries to its left are the
-/// client's own claims).
+/// client's own claims). `None` when a trusted proxy names no such client (no header, or an
+/// entry that does not parse): never the proxy's own address, which IP restrictions on internal
+/// ranges would wrongly let through.
 pub fn client_ip(trusted: &[IpRange], headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
     let peer = peer.map(canonical)?;
     let is_trusted = |ip: IpAddr| trusted.iter().any(|r| r.contains(ip));
     if !is_trusted(peer) {
         return Some(peer);
     }
-    let mut forwarded: Vec<IpAddr> = Vec::new();
+    let mut entries: Vec<&str> = Vec::new();
     for value in headers.get_all("x-forwarded-for") {
-        let Ok(text) = value.to_str() else {
-            return None;
-        };
-        for part in text.split(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => forwarded.push(canonical(ip)),
-                // An unreadable entry: nothing to its left can be placed.
-                Err(_) => forwarded.clear(),
-            }
+        entries.extend(value.to_str().ok()?.split(','));
+    }
+    for entry in entries.iter().rev() {
+        let ip = canonical(entry.trim().parse::<IpAddr>().ok()?);
+        if !is_trusted(ip) {
+            return Some(ip);
         }
     }
-    forwarded
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(**ip))
-        .or(forwarded.first())
-        .copied()
-        .or(Some(peer))
+    None
 }
 
 /// The header the shipped nginx configuration sets when it asks a second time to show a

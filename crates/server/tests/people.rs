@@ -744,6 +744,32 @@ async fn sessions_are_cookie_bound_csrf_checked_idle_limited_and_throttled() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(headers[header::LOCATION], "/signin?expired=1");
 
+    // However much it is used, a session ends 12 hours after sign-in.
+    let long = match h
+        .state
+        .users
+        .sign_in("holder@example.com", Password::new(PASSWORD.into()), None)
+        .await
+        .unwrap()
+    {
+        SignIn::Accepted(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let long = Cred::Session(long.id.expose().to_owned(), csrf_token(&long.id));
+    for _ in 0..24 {
+        assert_eq!(
+            h.call(&long, "GET", "/v1/issuer", None).await.0,
+            StatusCode::OK
+        );
+        h.clock.advance(29 * 60);
+    }
+    h.clock.advance(30 * 60);
+    let (status, doc) = h.call(&long, "GET", "/v1/issuer", None).await;
+    assert_eq!(
+        (status, reason(&doc)),
+        (StatusCode::UNAUTHORIZED, "SESSION_EXPIRED")
+    );
+
     // Sign-out ends a session at once.
     let session = match h
         .state
@@ -983,6 +1009,29 @@ async fn the_account_holder_is_fixed_and_roles_cannot_escalate() {
         .call(&admin_session, "POST", "/v1/userInvitations", Some(json!({"data": {"type": "userInvitations", "attributes": {"email": "x@example.com", "firstName": "X", "lastName": "Y", "roles": ["ACCOUNT_HOLDER"]}}})))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
+    // A removed admin's pending invitations go with them.
+    let (rogue_id, rogue) = h.user("rogue@example.com", "ADMIN").await;
+    let (status, _) = h
+        .call(&rogue, "POST", "/v1/userInvitations", Some(json!({"data": {"type": "userInvitations", "attributes": {"email": "back-door@example.com", "firstName": "B", "lastName": "D", "roles": ["ADMIN"]}}})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = h
+        .call(
+            &admin_session,
+            "DELETE",
+            &format!("/v1/users/{rogue_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, pending) = h
+        .call(&admin_session, "GET", "/v1/userInvitations", None)
+        .await;
+    assert!(
+        !pending.to_string().contains("back-door@example.com"),
+        "{pending}"
+    );
+
     // The setup link is spent.
     assert!(
         h.state

@@ -419,7 +419,7 @@ async fn restrictions_are_enforced_with_the_spec_reasons() {
             },
         }))
         .await;
-    let table: [Row; 12] = [
+    let table: [Row; 13] = [
         (
             Some("https://app.example.com/page"),
             None,
@@ -496,6 +496,17 @@ async fn restrictions_are_enforced_with_the_spec_reasons() {
             None,
             "127.0.0.1",
             Some("192.0.2.44, 198.51.100.7"),
+            "GET",
+            "/v1/maps/1",
+            403,
+            "IP_NOT_ALLOWED",
+        ),
+        // A trusted proxy that names no client: unknown, never the proxy's own address.
+        (
+            Some("https://app.example.com/"),
+            None,
+            "127.0.0.1",
+            None,
             "GET",
             "/v1/maps/1",
             403,
@@ -697,6 +708,27 @@ async fn a_signed_leak_report_revokes_and_a_forged_one_does_nothing() {
     );
     let (_, events) = h.api("GET", "/v1/auditEvents", None).await;
     assert!(events.to_string().contains("secretKey.leakReported"));
+
+    // A secret already ended by a roll is a true positive, but revokes nothing: the new secret
+    // keeps working.
+    let (rolled_id, old) = h
+        .create(json!({"name": "rolled", "roles": ["DEVELOPER"]}))
+        .await;
+    let (_, doc) = h
+        .api("POST", &format!("/v1/secretKeys/{rolled_id}/roll"), None)
+        .await;
+    let new = doc["data"]["attributes"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stale = json!([{"token": old, "type": "keygate_secret_key", "url": "https://github.com/o/r", "source": "content"}]).to_string();
+    let (s, _, doc) = h.send(leak_request(&stale, Some(&github))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc[0]["label"], "true_positive");
+    assert_eq!(
+        h.send(with_key(get("/v1/apps"), &new)).await.0,
+        StatusCode::OK
+    );
 
     // Without configured keys, reports are refused.
     let h = Harness::with(|_| {}).await;

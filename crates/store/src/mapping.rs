@@ -276,3 +276,14 @@ pub fn attach_versions(keys: &mut [SecretKey], versions: Vec<(KeyId, SecretVersi
             .sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.hash.cmp(&a.hash)));
     }
 }
+
+/// An individual key may be inserted only while its owner exists with the roles it was given.
+pub fn owner_still_matches(stored_roles: Option<&str>, key_roles: &RoleSet) -> Result<(), Error> {
+    match stored_roles {
+        None => Err(Error::NotFound("The key's user no longer exists.".into())),
+        Some(r) if RoleSet::from_stored(r).ok().as_ref() == Some(key_roles) => Ok(()),
+        Some(_) => Err(Error::Conflict(
+            "The user's roles changed while the key was being created; try again.".into(),
+        )),
+    }
+}

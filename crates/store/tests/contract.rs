@@ -1063,6 +1063,22 @@ async fn roles_follow_users_to_their_individual_keys(store: Arc<dyn Store>) {
         Err(Error::Conflict(_))
     ));
 
+    // An individual key is inserted only while its owner exists with the key's roles.
+    let mut stale = key(iss, T0, PrivateKeyState::NeverHeld);
+    stale.key_type = KeyType::Individual;
+    stale.roles = RoleSet::from_stored("ADMIN").unwrap();
+    stale.user_id = Some(dev.id);
+    let ev_created = event(iss, AuditAction::KeyCreated, stale.id.as_str());
+    assert!(matches!(
+        store.insert_key(&stale, None, 0, &ev_created).await,
+        Err(Error::Conflict(_))
+    ));
+    stale.user_id = Some(UserId::generate());
+    assert!(matches!(
+        store.insert_key(&stale, None, 0, &ev_created).await,
+        Err(Error::NotFound(_))
+    ));
+
     // One active individual key per user.
     let mut k = key(iss, T0, PrivateKeyState::NeverHeld);
     k.key_type = KeyType::Individual;

@@ -401,6 +401,15 @@ impl IpRange {
         if prefix > max {
             return Err(bad());
         }
+        // An IPv4-mapped range (::ffff:10.0.0.0/104) is the IPv4 range it maps, as addresses are.
+        if let (IpAddr::V6(v6), true) = (addr, prefix >= 96)
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return Ok(Self {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
         Ok(Self { addr, prefix })
     }
 

@@ -221,11 +221,20 @@ impl SecretKeyService {
                 let _ = write!(out, "{b:02x}");
                 out
             });
-            let key = match SecretKeyText::parse(token) {
-                Ok(secret) => self.store.secret_key_by_hash(&secret.hash()).await?,
-                Err(_) => None,
+            let (key, live) = match SecretKeyText::parse(token) {
+                Ok(secret) => {
+                    let hash = secret.hash();
+                    let key = self.store.secret_key_by_hash(&hash).await?;
+                    // A secret already ended by a roll opens nothing: revoking the key for it
+                    // would break the new secret for no gain.
+                    let live = key
+                        .as_ref()
+                        .is_some_and(|k| k.live_versions(now).any(|v| v.hash == hash));
+                    (key, live)
+                }
+                Err(_) => (None, false),
             };
-            if let Some(key) = &key {
+            if let Some(key) = key.as_ref().filter(|_| live) {
                 let audit = NewAuditEvent::new(
                     key.issuer_id,
                     now,

@@ -197,6 +197,9 @@ fn ip_range_table() {
         ("2001:db8::/32", "192.0.2.1", false),
         ("192.0.2.0/24", "2001:db8::1", false),
         ("fe80::/10", "fe80::abcd", true),
+        ("::ffff:10.0.0.0/104", "10.1.2.3", true),
+        ("::ffff:10.0.0.0/104", "::ffff:10.1.2.3", true),
+        ("::ffff:10.0.0.0/104", "11.0.0.1", false),
     ];
     for (range, ip, want) in table {
         let r = IpRange::parse(range).unwrap();

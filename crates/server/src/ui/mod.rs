@@ -31,7 +31,7 @@ use keygate_core::user::Session;
 use maud::{DOCTYPE, Markup, html};
 
 use crate::AppState;
-use crate::auth::{SESSION_COOKIE, cookie, csrf_matches, peer_ip};
+use crate::auth::{SESSION_COOKIE, client_addr, cookie, csrf_matches};
 use crate::error::ErrorBody;
 
 /// The pre-session CSRF cookie (sign-in, setup and invitation forms).
@@ -153,13 +153,20 @@ async fn home(
 }
 
 /// A signed-in user, from the session cookie. Pages that need one redirect to sign-in without it.
-#[derive(Debug)]
 pub struct Web {
     pub session: Session,
     /// The CSRF token forms of this session carry.
     pub csrf: String,
     pub principal: Principal,
     session_id: String,
+}
+
+impl std::fmt::Debug for Web {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Web")
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Web {
@@ -200,7 +207,7 @@ impl FromRequestParts<AppState> for Web {
                 let csrf = BearerSecret::parse(&id)
                     .map(|s| csrf_token(&s))
                     .unwrap_or_default();
-                let principal = UserService::principal(&session, peer_ip(parts));
+                let principal = UserService::principal(&session, client_addr(parts, state));
                 Ok(Self {
                     session,
                     csrf,
@@ -218,9 +225,18 @@ impl FromRequestParts<AppState> for Web {
     }
 }
 
-/// A submitted `application/x-www-form-urlencoded` body.
-#[derive(Debug, Default)]
+/// A submitted `application/x-www-form-urlencoded` body. May hold passwords: its `Debug` shows
+/// field names only, and its values are zeroized on drop.
+#[derive(Default)]
 pub struct Form(Vec<(String, String)>);
+
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
+}
 
 impl Form {
     pub fn get(&self, name: &str) -> Option<&str> {

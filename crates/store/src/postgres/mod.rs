@@ -369,12 +369,21 @@ impl KeyStore for PostgresStore {
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         if let Some(user) = key.user_id {
-            // Serializes the user's key creations; the unique index is the backstop.
-            sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
-                .bind(user.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            // Serializes the user's key creations (the unique index is the backstop) and holds
+            // off a concurrent removal or role change: the owner must still exist with the
+            // roles the key was given.
+            let roles: Option<String> = sqlx::query_scalar(
+                "SELECT roles FROM users WHERE id = $1 AND issuer_id = $2 FOR NO KEY UPDATE",
+            )
+            .bind(user.to_string())
+            .bind(key.issuer_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if let Err(e) = crate::mapping::owner_still_matches(roles.as_deref(), &key.roles) {
+                finish(tx).await?;
+                return Err(e);
+            }
             let held: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL AND private_key_state <> 'ERASED'",
             )

@@ -62,7 +62,7 @@ async fn fetch_user(
     id: UserId,
 ) -> Result<Option<User>> {
     sqlx::query(&format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND issuer_id = $2"
+        "SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND issuer_id = $2 FOR UPDATE"
     ))
     .bind(id.to_string())
     .bind(issuer.to_string())
@@ -354,6 +354,14 @@ impl UserStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        if !roles.is_admin() {
+            // Invitations are an admin's act: they end when the admin role does.
+            sqlx::query("DELETE FROM invitations WHERE created_by = $1")
+                .bind(format!("user:{id}"))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         let rows = sqlx::query(&format!(
             "UPDATE api_keys SET roles = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING {KEY_COLUMNS}"
         ))
@@ -414,6 +422,12 @@ impl UserStore for PostgresStore {
         }
         sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        // Their pending invitations go with them: a removed admin cannot come back through one.
+        sqlx::query("DELETE FROM invitations WHERE created_by = $1")
+            .bind(format!("user:{id}"))
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;

@@ -357,6 +357,16 @@ impl KeyStore for SqliteStore {
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         if let Some(user) = key.user_id {
+            // The owner must still exist with the roles the key was given, in this very
+            // transaction: a removal or a role change committed meanwhile wins.
+            let roles: Option<String> =
+                sqlx::query_scalar("SELECT roles FROM users WHERE id = ? AND issuer_id = ?")
+                    .bind(user.to_string())
+                    .bind(key.issuer_id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            crate::mapping::owner_still_matches(roles.as_deref(), &key.roles)?;
             let held: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM api_keys WHERE user_id = ? AND revoked_at IS NULL AND private_key_state != 'ERASED'",
             )

@@ -348,6 +348,14 @@ impl UserStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        if !roles.is_admin() {
+            // Invitations are an admin's act: they end when the admin role does.
+            sqlx::query("DELETE FROM invitations WHERE created_by = ?")
+                .bind(format!("user:{id}"))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         let rows = sqlx::query(&format!(
             "UPDATE api_keys SET roles = ? WHERE user_id = ? AND revoked_at IS NULL RETURNING {KEY_COLUMNS}"
         ))
@@ -408,6 +416,12 @@ impl UserStore for SqliteStore {
         }
         sqlx::query("DELETE FROM users WHERE id = ?")
             .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        // Their pending invitations go with them: a removed admin cannot come back through one.
+        sqlx::query("DELETE FROM invitations WHERE created_by = ?")
+            .bind(format!("user:{id}"))
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
