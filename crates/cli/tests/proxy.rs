@@ -307,11 +307,13 @@ async fn the_proxy_forwards_allowed_requests_and_streams_big_bodies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_a_502_in_the_error_shape() {
-    // A port that was free a moment ago and has no listener now.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port held by a bound socket that never listens, for the whole test: connecting to it is
+    // refused, and no other listener (keygate's own, or another test's) can be handed the port.
+    // Dropping a listener instead would free the port for the next `bind(":0")`, and the proxy
+    // could then reach whatever took it.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = held.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let upstream = format!("http://{closed}");
     let server = Server::start_with(
@@ -339,4 +341,5 @@ async fn an_unreachable_upstream_is_a_502_in_the_error_shape() {
     assert_eq!(doc["errors"][0]["status"], "502");
     assert_eq!(doc["errors"][0]["code"], "BAD_GATEWAY");
     assert!(doc["errors"][0]["id"].is_string());
+    drop(held);
 }
