@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
+
 use crate::error::{Error, Result};
 use crate::role::{Role, RoleSet};
 use crate::scope::{RequestPath, RequestTarget, ScopeEntry};
@@ -116,6 +118,17 @@ pub struct RolePolicy {
     pub rate_limit_per_hour: Option<u32>,
 }
 
+/// One role's table in the policy file (`[roles.NAME]`), as written. Unknown keys are an error.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleTable {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub long_lived: Vec<String>,
+    pub rate_limit_per_hour: Option<u32>,
+}
+
 /// Requests per key per rolling hour when neither the policy nor a role says otherwise (Apple's
 /// figure).
 pub const DEFAULT_RATE_LIMIT_PER_HOUR: u32 = 3600;
@@ -150,6 +163,47 @@ impl Policy {
             enforced: true,
             default_rate_limit: DEFAULT_RATE_LIMIT_PER_HOUR,
         }
+    }
+
+    /// The enforced policy of a file's `[roles]` tables. An error names the key at fault, as
+    /// `roles.NAME.allow: ...`, so `check-config` and `serve` can point at the line to fix.
+    pub fn from_role_tables(
+        tables: BTreeMap<String, RoleTable>,
+    ) -> std::result::Result<Self, String> {
+        let mut out = BTreeMap::new();
+        for (name, table) in tables {
+            let role = Role::parse_name(&name).ok_or_else(|| {
+                format!("roles.{name}: role names are upper case letters, digits and _")
+            })?;
+            let patterns = |list: &[String], what: &str| {
+                list.iter()
+                    .map(|p| {
+                        RoutePattern::parse(p).map_err(|e| format!("roles.{name}.{what}: {e}"))
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            };
+            let long_lived = patterns(&table.long_lived, "long_lived")?;
+            if let Some(p) = table.long_lived.iter().find(|p| !p.starts_with("GET ")) {
+                return Err(format!(
+                    "roles.{name}.long_lived: {p:?} is not a GET pattern; only reads may be long-lived"
+                ));
+            }
+            if table.rate_limit_per_hour == Some(0) {
+                return Err(format!(
+                    "roles.{name}.rate_limit_per_hour must be at least 1"
+                ));
+            }
+            let allow = patterns(&table.allow, "allow")?;
+            out.insert(
+                role,
+                RolePolicy {
+                    allow,
+                    long_lived,
+                    rate_limit_per_hour: table.rate_limit_per_hour,
+                },
+            );
+        }
+        Ok(Self::new(out))
     }
 
     #[must_use]
@@ -222,6 +276,55 @@ mod tests {
 
     fn pat(s: &str) -> RoutePattern {
         RoutePattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn role_tables_are_checked_and_errors_name_the_key() {
+        let table = |allow: &[&str], long_lived: &[&str], rate: Option<u32>| RoleTable {
+            allow: allow.iter().map(|s| (*s).to_owned()).collect(),
+            long_lived: long_lived.iter().map(|s| (*s).to_owned()).collect(),
+            rate_limit_per_hour: rate,
+        };
+        let refused = [
+            (
+                "developer",
+                table(&["GET /x"], &[], None),
+                "roles.developer: role names",
+            ),
+            ("DEV", table(&["GET x"], &[], None), "roles.DEV.allow: "),
+            (
+                "DEV",
+                table(&[], &["POST /x"], None),
+                "roles.DEV.long_lived: \"POST /x\" is not a GET",
+            ),
+            (
+                "DEV",
+                table(&[], &["GET nope"], None),
+                "roles.DEV.long_lived: ",
+            ),
+            (
+                "DEV",
+                table(&["GET /x"], &[], Some(0)),
+                "roles.DEV.rate_limit_per_hour must be at least 1",
+            ),
+        ];
+        for (name, t, want) in refused {
+            let err = Policy::from_role_tables(BTreeMap::from([(name.to_owned(), t)])).unwrap_err();
+            assert!(err.starts_with(want), "{name}: {err}");
+        }
+
+        let policy = Policy::from_role_tables(BTreeMap::from([(
+            "DEV".to_owned(),
+            table(&["GET /v1/apps/**"], &["GET /v1/apps/*"], Some(10)),
+        )]))
+        .unwrap();
+        let dev = RoleSet::from_stored("DEV").unwrap();
+        assert!(policy.is_enforced());
+        assert_eq!(policy.rate_limit_for(&dev), 10);
+        assert!(policy.allows(&dev, &RequestTarget::from_uri("GET", "/v1/apps/1")));
+        assert!(!policy.allows(&dev, &RequestTarget::from_uri("POST", "/v1/apps/1")));
+        let scope = [ScopeEntry::parse("GET /v1/apps/1").unwrap()];
+        assert!(policy.long_lived_scope(&dev, &scope));
     }
 
     #[test]

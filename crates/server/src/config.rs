@@ -12,8 +12,8 @@ use std::time::Duration;
 use keygate_core::crypto::parse_public_key_pem;
 use keygate_core::key::Algorithm;
 use keygate_core::people::SessionLimits;
-use keygate_core::policy::{DEFAULT_RATE_LIMIT_PER_HOUR, Policy, RolePolicy, RoutePattern};
-use keygate_core::role::{Role, RoleCatalog};
+use keygate_core::policy::{DEFAULT_RATE_LIMIT_PER_HOUR, Policy, RoleTable};
+use keygate_core::role::RoleCatalog;
 use keygate_core::secret_key::IpRange;
 use keygate_core::service::KeyLimits;
 use keygate_core::token::TokenRules;
@@ -120,17 +120,7 @@ struct FileConfig {
     proxy_listen: Option<String>,
     upstream: Option<String>,
     upstream_timeout: Option<DurationText>,
-    roles: Option<BTreeMap<String, FileRole>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRole {
-    #[serde(default)]
-    allow: Vec<String>,
-    #[serde(default)]
-    long_lived: Vec<String>,
-    rate_limit_per_hour: Option<u32>,
+    roles: Option<BTreeMap<String, RoleTable>>,
 }
 
 /// A duration written as `"20m"`, `"90s"`, `"24h"`, `"180d"` or a number of seconds.
@@ -439,45 +429,7 @@ pub fn load(
 
     let policy = match raw.roles {
         None => Policy::open(),
-        Some(file_roles) => {
-            let mut out = BTreeMap::new();
-            for (name, r) in file_roles {
-                let role = Role::parse_name(&name).ok_or_else(|| {
-                    ConfigError(format!(
-                        "roles.{name}: role names are upper case letters, digits and _"
-                    ))
-                })?;
-                let pats =
-                    |list: &[String], what: &str| -> Result<Vec<RoutePattern>, ConfigError> {
-                        list.iter()
-                            .map(|p| {
-                                RoutePattern::parse(p)
-                                    .map_err(|e| ConfigError(format!("roles.{name}.{what}: {e}")))
-                            })
-                            .collect()
-                    };
-                let long_lived = pats(&r.long_lived, "long_lived")?;
-                if r.rate_limit_per_hour == Some(0) {
-                    return Err(ConfigError(format!(
-                        "roles.{name}.rate_limit_per_hour must be at least 1"
-                    )));
-                }
-                if let Some(p) = r.long_lived.iter().find(|p| !p.starts_with("GET ")) {
-                    return Err(ConfigError(format!(
-                        "roles.{name}.long_lived: {p:?} is not a GET pattern; only reads may be long-lived"
-                    )));
-                }
-                out.insert(
-                    role,
-                    RolePolicy {
-                        allow: pats(&r.allow, "allow")?,
-                        long_lived,
-                        rate_limit_per_hour: r.rate_limit_per_hour,
-                    },
-                );
-            }
-            Policy::new(out)
-        }
+        Some(tables) => Policy::from_role_tables(tables).map_err(ConfigError)?,
     }
     .with_default_rate_limit(default_rate_limit);
 
