@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
 use ring::signature::{ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey, VerificationAlgorithm};
@@ -137,6 +137,9 @@ pub struct KeyRing {
     seq: AtomicI64,
     len: AtomicUsize,
     writer: Mutex<()>,
+    /// How many times [`apply`](KeyRing::apply) has run: the feed's reader checks that no write
+    /// on this node landed while it read, before it applies what it read.
+    writes: AtomicU64,
     /// The secret keys, kept current from the same feed.
     secrets: SecretRing,
 }
@@ -157,6 +160,7 @@ impl Default for KeyRing {
             seq: AtomicI64::new(0),
             len: AtomicUsize::new(0),
             writer: Mutex::new(()),
+            writes: AtomicU64::new(0),
             secrets: SecretRing::default(),
         }
     }
@@ -212,17 +216,33 @@ impl KeyRing {
     /// final, so entries the load lacks are kept, and a key stays revoked or unusable if either
     /// side says so. Changes after `seq` arrive through [`apply`](Self::apply) as usual.
     pub fn replace_all(&self, keys: &[ApiKey], seq: i64) {
-        self.merge(keys, seq);
+        let writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        self.merge(&writing, keys, seq);
     }
 
-    /// Applies changed keys (their current stored state). `seq` only moves forward, so a late,
-    /// older batch cannot roll the position back.
+    /// Applies changed keys (their current stored state), as a write on this node does right
+    /// after it commits. `seq` only moves forward, so a late, older batch cannot roll the
+    /// position back.
     pub fn apply(&self, changed: &[ApiKey], seq: i64) {
-        self.merge(changed, seq);
+        let writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        self.writes.fetch_add(1, Ordering::AcqRel);
+        self.merge(&writing, changed, seq);
     }
 
-    fn merge(&self, keys: &[ApiKey], seq: i64) {
-        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Applies states read from the feed, unless [`apply`](Self::apply) ran since
+    /// `writes_before` (taken before the read): the read may then predate that write (a role
+    /// change, say) and would undo it until the next sync. Returns whether it applied.
+    fn apply_read(&self, changed: &[ApiKey], seq: i64, writes_before: u64) -> bool {
+        let writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.writes.load(Ordering::Acquire) != writes_before {
+            return false;
+        }
+        self.merge(&writing, changed, seq);
+        true
+    }
+
+    /// Swaps in the shards that `keys` change; only under the writer lock.
+    fn merge(&self, _writing: &MutexGuard<'_, ()>, keys: &[ApiKey], seq: i64) {
         let mut by_shard: HashMap<usize, Vec<&ApiKey>> = HashMap::new();
         for k in keys {
             by_shard.entry(shard_of(&k.id)).or_default().push(k);
@@ -276,7 +296,7 @@ impl KeyRing {
         let seq = feed
             .load_all_keys(&mut |batch| {
                 count += batch.len();
-                self.merge(&batch, 0);
+                self.replace_all(&batch, 0);
             })
             .await?;
         // Read after the keys' snapshot: at worst newer than `seq`, and the feed re-applies
@@ -291,7 +311,11 @@ impl KeyRing {
     /// Applies what changed since the snapshot's position. Returns how many keys changed.
     pub async fn sync_from(&self, feed: &dyn ChangeFeed) -> Result<usize> {
         const BATCH: u32 = 1000;
+        // Reads overtaken by a write on this node are read again, this many times at most;
+        // after that the read is applied and the next sync corrects it.
+        const REREADS: u32 = 8;
         let mut applied = 0;
+        let mut rereads = 0;
         loop {
             let from = self.seq();
             let changes = feed.changes_since(from, BATCH).await?;
@@ -301,12 +325,21 @@ impl KeyRing {
             let mut ids: Vec<KeyId> = changes.iter().map(|(_, id)| *id).collect();
             ids.sort();
             ids.dedup();
+            let writes_before = (self.writes.load(Ordering::Acquire), self.secrets.writes());
             let keys = feed.keys_by_id(&ids).await?;
-            // Secret keys share the ID space and the feed; apply them first, so when `seq`
-            // moves on (in `apply`) both kinds are in.
             let secrets = feed.secret_keys_by_id(&ids).await?;
-            self.secrets.apply(&secrets);
-            self.apply(&keys, last);
+            // Secret keys share the ID space and the feed; apply them first, so when `seq`
+            // moves on (with the API keys) both kinds are in.
+            let fresh = self.secrets.apply_read(&secrets, writes_before.1)
+                && self.apply_read(&keys, last, writes_before.0);
+            if !fresh {
+                rereads += 1;
+                if rereads < REREADS {
+                    continue;
+                }
+                self.secrets.apply(&secrets);
+                self.apply(&keys, last);
+            }
             applied += keys.len() + secrets.len();
             if changes.len() < BATCH as usize {
                 return Ok(applied);
@@ -333,6 +366,7 @@ mod tests {
     use super::*;
     use crate::ids::IssuerId;
     use crate::role::RoleCatalog;
+    use crate::secret_key::SecretKey;
 
     fn key(n: usize) -> ApiKey {
         ApiKey {
@@ -382,5 +416,121 @@ mod tests {
         revoked_again.revoked_at = Some(2);
         ring.apply(&[revoked_again], 9);
         assert!(Arc::ptr_eq(&other, &ring.get(&keys[2].id).unwrap()));
+    }
+
+    /// A feed whose first read of key states is overtaken by a write on this node: it returns
+    /// the states from before the write, as a read that started before the commit would.
+    struct OvertakenFeed {
+        ring: Arc<KeyRing>,
+        before: (ApiKey, SecretKey),
+        after: (ApiKey, SecretKey),
+        reads: Mutex<u32>,
+    }
+
+    #[async_trait::async_trait]
+    impl ChangeFeed for OvertakenFeed {
+        async fn load_all_keys(
+            &self,
+            _each_batch: &mut (dyn FnMut(Vec<ApiKey>) + Send),
+        ) -> Result<i64> {
+            Ok(0)
+        }
+        async fn changes_since(&self, seq: i64, _limit: u32) -> Result<Vec<(i64, KeyId)>> {
+            Ok(if seq < 2 {
+                vec![(1, self.before.0.id), (2, self.before.1.id)]
+            } else {
+                Vec::new()
+            })
+        }
+        async fn keys_by_id(&self, _ids: &[KeyId]) -> Result<Vec<ApiKey>> {
+            let first = {
+                let mut reads = self.reads.lock().unwrap();
+                *reads += 1;
+                *reads == 1
+            };
+            if first {
+                // The write commits and is applied while this read is in flight.
+                self.ring
+                    .apply(std::slice::from_ref(&self.after.0), i64::MIN);
+                self.ring
+                    .secrets()
+                    .apply(std::slice::from_ref(&self.after.1));
+                return Ok(vec![self.before.0.clone()]);
+            }
+            Ok(vec![self.after.0.clone()])
+        }
+        async fn load_all_secret_keys(&self) -> Result<Vec<SecretKey>> {
+            Ok(Vec::new())
+        }
+        async fn secret_keys_by_id(&self, _ids: &[KeyId]) -> Result<Vec<SecretKey>> {
+            let reads = *self.reads.lock().unwrap();
+            Ok(vec![
+                if reads == 1 {
+                    &self.before.1
+                } else {
+                    &self.after.1
+                }
+                .clone(),
+            ])
+        }
+    }
+
+    fn secret_key(id: KeyId, hashes: &[[u8; 32]]) -> SecretKey {
+        SecretKey {
+            id,
+            issuer_id: IssuerId::generate(),
+            name: "s".into(),
+            roles: RoleCatalog::default().key_roles(&["DEVELOPER"]).unwrap(),
+            restrictions: crate::secret_key::Restrictions::default(),
+            created_by: "test".into(),
+            created_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            revoke_reason: None,
+            last_used_at: None,
+            request_count: 0,
+            versions: hashes
+                .iter()
+                .map(|h| crate::secret_key::SecretVersion {
+                    hash: *h,
+                    hint: "kgsk_abcd".into(),
+                    created_at: 0,
+                    expires_at: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_read_overtaken_by_a_local_write_does_not_undo_it() {
+        let api_before = key(1);
+        let mut api_after = api_before.clone();
+        api_after.roles = RoleCatalog::default().key_roles(&["ADMIN"]).unwrap();
+        let id = KeyId::parse("S000000001").unwrap();
+        let (old_hash, new_hash) = ([1; 32], [2; 32]);
+        let ring = Arc::new(KeyRing::new());
+        ring.replace_all(std::slice::from_ref(&api_before), 0);
+        let feed = OvertakenFeed {
+            ring: Arc::clone(&ring),
+            before: (api_before, secret_key(id, &[old_hash])),
+            // Rolled: the new secret, and the old one without an end yet (enough here).
+            after: (api_after.clone(), secret_key(id, &[new_hash, old_hash])),
+            reads: Mutex::new(0),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(ring.sync_from(&feed)).unwrap();
+        assert_eq!(
+            *feed.reads.lock().unwrap(),
+            2,
+            "the overtaken read was read again"
+        );
+        assert!(ring.get(&api_after.id).unwrap().roles.contains("ADMIN"));
+        assert!(
+            ring.secrets().get(&new_hash).is_some(),
+            "the roll's secret stays"
+        );
+        assert_eq!(ring.seq(), 2);
     }
 }

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
@@ -26,6 +27,9 @@ type ByHash = HashMap<[u8; 32], SecretMatch>;
 pub struct SecretRing {
     by_hash: ArcSwap<ByHash>,
     writer: Mutex<()>,
+    /// How many times [`apply`](SecretRing::apply) has run: the feed's reader checks that no
+    /// write on this node landed while it read, before it applies what it read.
+    writes: AtomicU64,
 }
 
 impl fmt::Debug for SecretRing {
@@ -56,10 +60,39 @@ impl SecretRing {
         if keys.is_empty() {
             return;
         }
-        let _one_writer = self
+        let one_writer = self
             .writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.writes.fetch_add(1, Ordering::AcqRel);
+        self.put(&one_writer, keys);
+    }
+
+    /// How many writes this node has applied; taken before reading states from the feed.
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Acquire)
+    }
+
+    /// Applies states read from the feed, unless a write was applied here since `writes_before`
+    /// (taken before the read): the read may then predate that write (a roll, say) and would
+    /// undo it until the next sync. Returns whether it applied.
+    pub(crate) fn apply_read(&self, keys: &[SecretKey], writes_before: u64) -> bool {
+        let one_writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.writes.load(Ordering::Acquire) != writes_before {
+            return false;
+        }
+        self.put(&one_writer, keys);
+        true
+    }
+
+    /// Swaps in a map with `keys`' states; only under the writer lock.
+    fn put(&self, _one_writer: &MutexGuard<'_, ()>, keys: &[SecretKey]) {
+        if keys.is_empty() {
+            return;
+        }
         let mut map: ByHash = self.by_hash.load().as_ref().clone();
         let ids: std::collections::HashSet<KeyId> = keys.iter().map(|k| k.id).collect();
         let mut revoked: HashMap<KeyId, (UnixTime, Option<String>)> = HashMap::new();
