@@ -88,30 +88,40 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let db_url = format!("sqlite://{}/keygate.db", data.display());
-    let mut server = Server::start(&data);
+    // The streams create more keys than App Store Connect's 50 active team keys.
+    let env = [("KEYGATE_MAX_ACTIVE_TEAM_KEYS", "100000")];
+    let mut server = Server::start_with(&data, &[], &env);
     let admin = bootstrap(&server, dir.path());
     let token = || cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
     wait_until_accepted(&server, &token()).await;
     let acked = Arc::new(Mutex::new(Acked::default()));
 
     for round in 0..3 {
-        // Three clients write for a while; the server is killed while they do.
-        let stop = Instant::now() + Duration::from_secs(5);
+        // Three clients write; once a few writes of this round are acknowledged (however slow
+        // the machine), the server is killed while they go on. They stop at the kill; `stop`
+        // only bounds a run whose server never answers.
+        let stop = Instant::now() + Duration::from_secs(60);
+        let before = acked.lock().unwrap().created.len();
         let streams: Vec<_> = (0..3)
             .map(|_| tokio::spawn(load(server.base.clone(), token(), Arc::clone(&acked), stop)))
             .collect();
-        tokio::time::sleep(Duration::from_millis(700 + 300 * round)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked.lock().unwrap().created.len() < before + 3 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no writes acknowledged in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A different moment in each round's stream of creations, downloads and revocations.
+        tokio::time::sleep(Duration::from_millis(150 * round)).await;
         server.child.kill().unwrap(); // SIGKILL
         server.child.wait().unwrap();
         for s in streams {
             s.await.unwrap();
         }
-        assert!(
-            !acked.lock().unwrap().created.is_empty(),
-            "round {round}: some writes were acknowledged before the kill"
-        );
         drop(server);
-        server = Server::start_on(&db_url, &[], &[]).0;
+        server = Server::start_on(&db_url, &[], &env).0;
     }
 
     // Every acknowledged write survived, with the state it was acknowledged in.
@@ -213,7 +223,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write() {
     let (ok, out, err) = keygate(&["audit", "verify", "--database", &db_url]);
     assert!(ok, "audit verify after crashes: {out} {err}");
     assert!(
-        acked.created.len() > 10 && total >= acked.created.len(),
+        acked.created.len() >= 9 && total >= acked.created.len(),
         "{} acknowledged, {total} listed",
         acked.created.len()
     );

@@ -195,9 +195,11 @@ async fn the_proxy_forwards_allowed_requests_and_streams_big_bodies() {
     assert_eq!(h["x-forwarded-for"], json!(["203.0.113.9, 127.0.0.1"]));
     assert_eq!(up.hits.load(Ordering::SeqCst), 1);
 
-    // Upstream connections are pooled and kept alive: sequential requests reuse one.
+    // Upstream connections are pooled and kept alive: sequential requests reuse them. (Ten
+    // requests, at most two connections: the pool gets a connection back from a background
+    // task, so on a loaded machine a request can now and then find it not yet returned.)
     let mut peers = std::collections::BTreeSet::new();
-    for _ in 0..5 {
+    for _ in 0..10 {
         let seen: Value = client
             .get(format!("{proxy}/v1/echo"))
             .bearer_auth(&token)
@@ -209,7 +211,7 @@ async fn the_proxy_forwards_allowed_requests_and_streams_big_bodies() {
             .unwrap();
         peers.insert(seen["peer"].as_str().unwrap().to_owned());
     }
-    assert_eq!(peers.len(), 1, "one pooled connection: {peers:?}");
+    assert!(peers.len() <= 2, "connections are pooled: {peers:?}");
 
     // The upstream's status, headers and body pass through untouched.
     let resp = client
@@ -227,7 +229,7 @@ async fn the_proxy_forwards_allowed_requests_and_streams_big_bodies() {
     assert_eq!(resp.headers()["set-cookie"], "a=b; HttpOnly");
     assert_eq!(
         resp.headers()["x-rate-limit"],
-        "user-hour-lim:3600;user-hour-rem:3593;"
+        "user-hour-lim:3600;user-hour-rem:3588;"
     );
     assert_eq!(resp.text().await.unwrap(), "short and stout");
 
@@ -284,24 +286,31 @@ async fn the_proxy_forwards_allowed_requests_and_streams_big_bodies() {
         grew >> 20
     );
 
-    // Usage is batched and flushed: the key list shows it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let list: Value = client
-        .get(server.url("/v1/apiKeys"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let me = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == admin.key_id.as_str())
-        .unwrap();
-    assert_eq!(me["attributes"]["requestCount"], 9, "{me}");
+    // Usage is batched and flushed: the key list shows all 14 admitted requests.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let me = loop {
+        let list: Value = client
+            .get(server.url("/v1/apiKeys"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let me = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == admin.key_id.as_str())
+            .unwrap()
+            .clone();
+        if me["attributes"]["requestCount"] == 14 || Instant::now() > deadline {
+            break me;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(me["attributes"]["requestCount"], 14, "{me}");
     assert!(me["attributes"]["lastUsedDate"].is_string(), "{me}");
 }
 

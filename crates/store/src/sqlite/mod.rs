@@ -146,9 +146,20 @@ impl SqliteStore {
         let this = self.clone();
         tokio::spawn(async move {
             let _one_at_a_time = this.checkpointing.lock().await;
-            if this.wal_dirty.swap(false, Ordering::SeqCst) && !this.truncate_wal().await {
-                this.wal_dirty.store(true, Ordering::SeqCst);
+            if !this.wal_dirty.swap(false, Ordering::SeqCst) {
+                return;
             }
+            // Readers finish in moments; a few quick retries keep the sealed copy's time in the
+            // WAL short. If readers stay busy, the sweep tries again.
+            let mut pause = std::time::Duration::from_millis(25);
+            for _ in 0..6 {
+                if this.truncate_wal().await {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            this.wal_dirty.store(true, Ordering::SeqCst);
         });
     }
 
@@ -161,11 +172,11 @@ impl SqliteStore {
         {
             Ok((0, _, _)) => true,
             Ok(_) => {
-                tracing::debug!("WAL busy; its truncation will be retried by the next sweep");
+                tracing::debug!("WAL busy; its truncation will be retried");
                 false
             }
             Err(e) => {
-                tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried by the next sweep");
+                tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried");
                 false
             }
         }
