@@ -268,23 +268,35 @@ fn split_url(text: &str) -> Option<UrlParts<'_>> {
     if authority.contains('@') || authority.is_empty() {
         return None;
     }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            if h.contains(':') && !h.starts_with('[') {
-                (authority, None)
-            } else {
-                (h, Some(p.parse().ok()?))
-            }
-        }
-        _ => (authority, None),
-    };
+    let (host, port) = split_authority(authority)?;
     let path = path.split(['?', '#']).next().unwrap_or("");
     Some(UrlParts {
         scheme,
-        host: host.to_ascii_lowercase(),
+        host,
         port,
         path,
     })
+}
+
+/// `host[:port]`, where the host may be an IPv6 literal in brackets (`[2001:db8::1]:8443`),
+/// written canonically so every spelling of one address compares equal. The host is lowercased.
+fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
+    let port = |p: &str| p.parse::<u16>().ok();
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let addr: std::net::Ipv6Addr = inside.parse().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(port(p.strip_prefix(':')?)?),
+        };
+        return Some((format!("[{addr}]"), port));
+    }
+    match authority.split_once(':') {
+        // Two colons outside brackets: an IPv6 address written as no URL writes it.
+        Some((_, p)) if p.contains(':') => None,
+        Some((h, p)) => Some((h.to_ascii_lowercase(), Some(port(p)?))),
+        None => Some((authority.to_ascii_lowercase(), None)),
+    }
 }
 
 impl ReferrerPattern {

@@ -158,6 +158,15 @@ fn referrer_pattern_table() {
             false,
         ),
         ("example.com", "https://example.com@evil.test/", false),
+        ("http://[::1]/*", "http://[::1]/dev", true),
+        ("http://[::1]/*", "http://[0:0::1]/", true),
+        ("http://[::1]:8080/*", "http://[::1]:8080/dev", true),
+        ("http://[::1]:8080/*", "http://[::1]/dev", false),
+        ("https://[2001:db8::1]", "https://[2001:DB8:0::1]/", true),
+        ("https://[2001:db8::1]", "https://[2001:db8::2]/", false),
+        ("https://[2001:db8::1]", "https://2001:db8::1/", false),
+        ("http://127.0.0.1:3000/*", "http://127.0.0.1:3000/x", true),
+        ("example.com", "https://example.com:/", false),
         ("example.com", "example.com", false),
         ("example.com", "not a url", false),
     ];
@@ -172,6 +181,11 @@ fn referrer_pattern_table() {
         "https://example.com/a*b",
         "ex ample.com",
         "https://*/",
+        "https://[::1",
+        "https://[not-an-address]/",
+        "https://::1/",
+        "https://[::1]x/",
+        "https://example.com:99999/",
     ] {
         assert!(ReferrerPattern::parse(bad).is_err(), "{bad:?}");
     }
