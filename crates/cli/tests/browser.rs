@@ -288,7 +288,7 @@ async fn the_whole_web_flow_in_headless_chromium() {
     screenshot(&c, "integrations.png").await;
 
     // 4. Download it through the link: the browser saves AuthKey_<KEYID>.p8.
-    let link = format!("tr[data-key-id='{key_id}'] a.download");
+    let link = format!("tr[data-key-id='{key_id}'] button.download");
     click(&c, &link).await;
     let p8 = wait_for_file(&downloads, &format!("AuthKey_{key_id}.p8")).await;
     assert!(p8.starts_with(&format!("-----BEGIN {}-----", "PRIVATE KEY")));
@@ -544,7 +544,7 @@ async fn the_whole_web_flow_in_headless_chromium() {
         .strip_prefix("/access/integrations?created=")
         .unwrap_or_else(|| panic!("{created}"))
         .to_owned();
-    click(&c, &format!("tr[data-key-id='{own_id}'] a.download")).await;
+    click(&c, &format!("tr[data-key-id='{own_id}'] button.download")).await;
     wait_for_file(&downloads, &format!("AuthKey_{own_id}.p8")).await;
     let own_file = downloads.join(format!("AuthKey_{own_id}.p8"));
     let own = token(&[

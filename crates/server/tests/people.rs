@@ -715,6 +715,53 @@ async fn sessions_are_cookie_bound_csrf_checked_idle_limited_and_throttled() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(String::from_utf8_lossy(&body).contains("Form expired"));
 
+    // The page's Download API Key is a form post with the token in its body, never in a URL:
+    // without the token nothing is spent, a GET is not a way in, and with it the file comes.
+    let pending = h.pending_team_key("DEVELOPER").await;
+    let Cred::Session(_, csrf) = &holder else {
+        unreachable!()
+    };
+    let download = |method: &str, body: String| {
+        Request::builder()
+            .method(method)
+            .uri(format!("/access/keys/{pending}/download"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, format!("keygate_session={cookie_value}"))
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let (status, _, body) = h.send(download("POST", String::new())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("Form expired"));
+    let (status, _, _) = h
+        .send(download("GET", String::new()).map(|_| Body::empty()))
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, headers, body) = h.send(download("POST", format!("csrf_token={csrf}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .contains(&format!("AuthKey_{pending}.p8"))
+    );
+    assert!(String::from_utf8_lossy(&body).starts_with("-----BEGIN "));
+    let (status, _, _) = h.send(download("POST", format!("csrf_token={csrf}"))).await;
+    assert_eq!(status, StatusCode::GONE, "once only");
+    let (_, _, page) = h
+        .send(
+            Request::get("/access/integrations")
+                .header(header::COOKIE, format!("keygate_session={cookie_value}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        !page.contains("csrf_token="),
+        "no token in any URL of the page"
+    );
+
     // Idle timeout: 30 minutes without use ends the session.
     h.clock.advance(29 * 60);
     assert_eq!(

@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use super::people::tabs;
 use super::{
-    CSRF_FIELD, Web, alert, csrf_matches_query, date, error_page, error_text, html_response,
-    layout, redirect, role_select, roles_text,
+    CSRF_FIELD, Web, alert, date, error_page, error_text, html_response, layout, redirect,
+    role_select, roles_text,
 };
 use crate::AppState;
 use crate::jsonapi::MAX_LIMIT;
@@ -73,8 +73,13 @@ fn key_table(web: &Web, keys: &[&ApiKey], now: i64, window: i64, show_owner: boo
                         td { (k.last_used_at.map_or_else(|| "Never".into(), date)) }
                         td {
                             @if k.can_download(now, window) {
-                                a.download href=(format!("/access/keys/{}/download?csrf_token={}", k.id, web.csrf)) {
-                                    "Download API Key" span.visually-hidden { " " (k.name) }
+                                // A form, not a link: the download spends something, so it is a
+                                // POST with the CSRF token in its body (never in a URL).
+                                form.inline method="post" action=(format!("/access/keys/{}/download", k.id)) {
+                                    input type="hidden" name=(CSRF_FIELD) value=(web.csrf);
+                                    button.link.download type="submit" {
+                                        "Download API Key" span.visually-hidden { " " (k.name) }
+                                    }
                                 }
                                 " "
                             }
@@ -294,21 +299,16 @@ pub async fn generate_individual(State(state): State<AppState>, web: Web, body: 
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct DownloadQuery {
-    csrf_token: Option<String>,
-}
-
-/// The **Download API Key** link: the one-time download, for a session. The link carries the
-/// session's CSRF token, since it spends something.
+/// **Download API Key**: the one-time download, for a session. A form post, since it spends
+/// something; the answer is the `.p8` file as an attachment.
 pub async fn download(
     State(state): State<AppState>,
     web: Web,
     Path(id): Path<String>,
-    Query(q): Query<DownloadQuery>,
+    body: Body,
 ) -> Response {
-    if !csrf_matches_query(&web, q.csrf_token.as_deref()) {
-        return super::csrf_refused();
+    if let Err(refused) = web.form(body).await {
+        return refused;
     }
     let scope = match web.principal.key_scope() {
         Ok(s) => s,

@@ -78,7 +78,7 @@ pub fn router() -> Router<AppState> {
             "/access/integrations/individual",
             post(access::generate_individual),
         )
-        .route("/access/keys/{id}/download", get(access::download))
+        .route("/access/keys/{id}/download", post(access::download))
         .route(
             "/access/keys/{id}/revoke",
             get(access::revoke_confirm).post(access::revoke),
@@ -287,11 +287,6 @@ async fn read_form(body: Body) -> Result<Form, Response> {
                 "The form could not be read. Reload the page and try again.",
             )
         })
-}
-
-/// Checks a CSRF token that came in a link's query (the one-time download link).
-fn csrf_matches_query(web: &Web, presented: Option<&str>) -> bool {
-    csrf_matches(&web.session_id, presented)
 }
 
 fn csrf_refused() -> Response {
