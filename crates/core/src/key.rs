@@ -140,6 +140,15 @@ impl ApiKey {
             && !self.is_revoked()
             && now < self.created_at.saturating_add(window_secs)
     }
+    /// Who may take the one download: anyone who manages the key, except that an individual
+    /// key's private half goes to its owner alone. An admin who took it could sign as that
+    /// person, and the audit log would name them.
+    pub fn downloadable_by(&self, user: Option<UserId>) -> bool {
+        match self.key_type {
+            KeyType::Team => true,
+            KeyType::Individual => self.user_id.is_some() && self.user_id == user,
+        }
+    }
 }
 
 /// Which keys a list shows.

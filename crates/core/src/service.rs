@@ -525,7 +525,14 @@ impl KeyService {
         scope: &KeyScope<'_>,
         id: &str,
     ) -> Result<(KeyId, PrivateKeyPem)> {
-        let id = self.get_key(scope, id).await?.id;
+        let key = self.get_key(scope, id).await?;
+        if !key.downloadable_by(scope.principal().user_id) {
+            return Err(Error::forbidden(
+                ForbiddenReason::RoleNotAllowed,
+                "Only its owner can download an individual key's private key; an admin may revoke it.",
+            ));
+        }
+        let id = key.id;
         let admin = scope;
         let now = self.clock.now();
         let audit = NewAuditEvent::new(
@@ -557,7 +564,14 @@ impl KeyService {
         id: &str,
         reason: Option<&str>,
     ) -> Result<ApiKey> {
-        let id = self.get_key(scope, id).await?.id;
+        let key = self.get_key(scope, id).await?;
+        if !key.downloadable_by(scope.principal().user_id) {
+            return Err(Error::forbidden(
+                ForbiddenReason::RoleNotAllowed,
+                "Only its owner can download an individual key's private key; an admin may revoke it.",
+            ));
+        }
+        let id = key.id;
         let admin = scope;
         if let Some(r) = reason
             && r.chars().count() > MAX_REASON_CHARS

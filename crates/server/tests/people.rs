@@ -899,6 +899,81 @@ fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// Individual keys: `sub: "user"` and no `iss`; the user's current roles; revoked with the user.
+/// An admin manages everyone's keys but never takes another person's private key: whoever
+/// holds it signs as that person, and the audit log would name them.
+#[tokio::test]
+async fn an_individual_keys_private_half_goes_to_its_owner_alone() {
+    let h = Harness::new().await;
+    let (_, holder) = h.account_holder().await;
+    let (_, session) = h.user("dev@example.com", "DEVELOPER").await;
+    let (s, doc) = h
+        .call(
+            &session,
+            "POST",
+            "/v1/apiKeys",
+            Some(json!({"data": {"type": "apiKeys", "attributes": {"name": "mine", "keyType": "INDIVIDUAL"}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{doc}");
+    let id = doc["data"]["id"].as_str().unwrap().to_owned();
+    let download = format!("/v1/apiKeys/{id}/privateKey");
+    for admin in [h.admin_cred(), holder.clone()] {
+        let (status, doc) = h.call(&admin, "GET", &download, None).await;
+        assert_eq!(
+            (status, reason(&doc)),
+            (StatusCode::FORBIDDEN, "ROLE_NOT_ALLOWED"),
+            "{doc}"
+        );
+        assert!(
+            doc["errors"][0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("owner")
+        );
+        let (_, doc) = h
+            .call(&admin, "GET", &format!("/v1/apiKeys/{id}"), None)
+            .await;
+        assert_eq!(doc["data"]["attributes"]["canDownload"], false, "{doc}");
+        assert!(doc["data"]["links"].get("privateKey").is_none(), "{doc}");
+    }
+    // The admin's Integrations page lists the key, with Revoke but no Download.
+    let Cred::Session(cookie, _) = &holder else {
+        unreachable!()
+    };
+    let (_, _, page) = h
+        .send(
+            Request::get("/access/integrations")
+                .header(header::COOKIE, format!("keygate_session={cookie}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let page = String::from_utf8(page).unwrap();
+    let row = page
+        .split("<tr")
+        .find(|r| r.contains(&format!("data-key-id=\"{id}\"")))
+        .expect("the admin sees the individual key");
+    assert!(
+        row.contains("Revoke") && !row.contains("Download API Key"),
+        "{row}"
+    );
+    // Its owner still gets it, once.
+    let Cred::Session(cookie, csrf) = &session else {
+        unreachable!()
+    };
+    let (status, _, pem) = h
+        .send(
+            Request::get(&download)
+                .header(header::COOKIE, format!("keygate_session={cookie}"))
+                .header("x-csrf-token", csrf)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&pem).starts_with("-----BEGIN "));
+}
+
 #[tokio::test]
 async fn individual_keys_act_for_their_user() {
     let h = Harness::new().await;

@@ -35,8 +35,15 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyIdParam {
     }
 }
 
-fn key_resource(key: &ApiKey, now: i64, window: i64) -> Value {
-    let can_download = key.can_download(now, window);
+/// A key as the API shows it to `viewer` (the caller's person, if any): the download link only
+/// for someone who may take it.
+fn key_resource(
+    key: &ApiKey,
+    now: i64,
+    window: i64,
+    viewer: Option<keygate_core::ids::UserId>,
+) -> Value {
+    let can_download = key.can_download(now, window) && key.downloadable_by(viewer);
     let self_link = format!("/v1/apiKeys/{}", key.id);
     let mut links = serde_json::Map::new();
     if can_download {
@@ -145,7 +152,7 @@ pub async fn list_keys(
     let data: Vec<Value> = page
         .items
         .iter()
-        .map(|k| key_resource(k, now, window))
+        .map(|k| key_resource(k, now, window, p.user_id))
         .collect();
     let mut self_link = "/v1/apiKeys".to_owned();
     if let Some(r) = raw.as_deref().filter(|r| !r.is_empty()) {
@@ -185,7 +192,7 @@ pub async fn get_key(
     let key = state.keys.get_key(&scope, &id).await?;
     let now = state.keys.now();
     Ok(json_response(&json!({
-        "data": key_resource(&key, now, state.keys.limits().download_window),
+        "data": key_resource(&key, now, state.keys.limits().download_window, p.user_id),
         "links": {"self": format!("/v1/apiKeys/{}", key.id)},
     })))
 }
@@ -296,7 +303,7 @@ pub async fn create_key(
     let mut resp = with_status(
         StatusCode::CREATED,
         &json!({
-            "data": key_resource(&key, now, state.keys.limits().download_window),
+            "data": key_resource(&key, now, state.keys.limits().download_window, p.user_id),
             "links": {"self": format!("/v1/apiKeys/{}", key.id)},
         }),
     );
@@ -415,7 +422,7 @@ pub async fn patch_key(
     tracing::info!(key_id = %key.id, "key revoked");
     let now = state.keys.now();
     Ok(json_response(&json!({
-        "data": key_resource(&key, now, state.keys.limits().download_window),
+        "data": key_resource(&key, now, state.keys.limits().download_window, p.user_id),
         "links": {"self": format!("/v1/apiKeys/{}", key.id)},
     })))
 }

@@ -72,7 +72,7 @@ fn key_table(web: &Web, keys: &[&ApiKey], now: i64, window: i64, show_owner: boo
                         td { (date(k.created_at)) }
                         td { (k.last_used_at.map_or_else(|| "Never".into(), date)) }
                         td {
-                            @if k.can_download(now, window) {
+                            @if k.can_download(now, window) && k.downloadable_by(web.principal.user_id) {
                                 // A form, not a link: the download spends something, so it is a
                                 // POST with the CSRF token in its body (never in a URL).
                                 form.inline method="post" action=(format!("/access/keys/{}/download", k.id)) {
@@ -164,7 +164,7 @@ pub async fn integrations(
         @if let Some(k) = created {
             div.notice role="status" {
                 p { "API key \u{201c}" (k.name) "\u{201d} (" code { (k.id.as_str()) } ") was generated." }
-                @if k.can_download(now, window) {
+                @if k.can_download(now, window) && k.downloadable_by(web.principal.user_id) {
                     p { strong { "Download it now." } " The private key can be downloaded only once, and keygate keeps no copy after that." }
                 }
             }
