@@ -66,7 +66,8 @@ pub struct UserInfo {
 }
 
 /// A secret key as the management API describes it; `secret` only right after create or roll.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+/// `Debug` never shows the secret.
+#[derive(Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyInfo {
     pub id: String,
@@ -86,8 +87,9 @@ pub struct SecretKeyInfo {
     pub secret: Option<String>,
 }
 
-/// A new invitation and its one-time accept link (an absolute URL on the server).
-#[derive(Debug, Clone, serde::Serialize)]
+/// A new invitation and its one-time accept link (an absolute URL on the server). The link is a
+/// bearer secret: `Debug` never shows it.
+#[derive(Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Invited {
     pub id: String,
@@ -95,6 +97,31 @@ pub struct Invited {
     pub roles: Vec<String>,
     pub expiration_date: String,
     pub accept_url: String,
+}
+
+impl std::fmt::Debug for SecretKeyInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretKeyInfo")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("roles", &self.roles)
+            .field("is_active", &self.is_active)
+            .field("secrets", &self.secrets)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Invited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invited")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("roles", &self.roles)
+            .field("expiration_date", &self.expiration_date)
+            .field("accept_url", &"<redacted>")
+            .finish()
+    }
 }
 
 fn from_resource<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ClientError> {
@@ -392,5 +419,40 @@ impl ManagementClient {
         reason: Option<&str>,
     ) -> Result<SecretKeyInfo, ClientError> {
         from_resource(&self.revoke("secretKeys", id, reason).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_secret_or_a_link() {
+        let secret = format!("kgsk_{}_abcdef", "A".repeat(43));
+        let info = SecretKeyInfo {
+            id: "S000000001".into(),
+            name: "maps".into(),
+            roles: vec!["DEVELOPER".into()],
+            restrictions: Value::Null,
+            is_active: true,
+            created_date: "2026-11-26T00:00:00Z".into(),
+            expires_at: None,
+            revoked_date: None,
+            last_used_date: None,
+            request_count: 0,
+            secrets: Vec::new(),
+            secret: Some(secret.clone()),
+        };
+        let invited = Invited {
+            id: "i".into(),
+            email: "a@example.com".into(),
+            roles: vec!["DEVELOPER".into()],
+            expiration_date: "2026-11-29T00:00:00Z".into(),
+            accept_url: "http://127.0.0.1:8080/invitations/very-secret-link".into(),
+        };
+        let shown = format!("{info:?} {invited:?}");
+        assert!(!shown.contains(&secret), "{shown}");
+        assert!(!shown.contains("very-secret-link"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

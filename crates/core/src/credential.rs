@@ -4,13 +4,22 @@
 
 use crate::error::{AuthReason, Error};
 
-/// The credential a request presents.
-#[derive(Debug, PartialEq, Eq)]
+/// The credential a request presents. Its `Debug` shows the kind, never the credential.
+#[derive(PartialEq, Eq)]
 pub enum Credential<'a> {
     /// A JWT from `Authorization: Bearer`.
     Token(&'a str),
     /// A secret key (`kgsk_…`), from `X-Api-Key` or `Authorization: Bearer`.
     SecretKey(&'a str),
+}
+
+impl std::fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(_) => f.write_str("Token(<redacted>)"),
+            Self::SecretKey(_) => f.write_str("SecretKey(<redacted>)"),
+        }
+    }
 }
 
 /// One header's values: the first, and whether there were more.

@@ -33,21 +33,49 @@ const SHARDS: usize = 64;
 /// bytes.
 pub const MAX_CACHED_TOKEN_BYTES: usize = 1024;
 
-#[derive(Debug)]
 struct Entry {
-    /// The token itself, to rule out hash collisions.
+    /// The token itself, to rule out hash collisions. A bearer credential: never in `Debug`,
+    /// and wiped when the entry goes.
     token: Box<str>,
     verified: Arc<VerifiedToken>,
     /// The first second at which the entry is no longer valid.
     valid_until: UnixTime,
 }
 
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("token", &"<redacted>")
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut *self.token);
+    }
+}
+
 /// A bounded map from token bytes to their verification result.
-#[derive(Debug)]
 pub struct TokenCache {
     shards: Box<[RwLock<HashMap<u64, Entry>>]>,
     hasher: foldhash::quality::RandomState,
     per_shard: usize,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries: usize = self
+            .shards
+            .iter()
+            .map(|s| s.read().map_or(0, |m| m.len()))
+            .sum();
+        f.debug_struct("TokenCache")
+            .field("entries", &entries)
+            .field("per_shard", &self.per_shard)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenCache {

@@ -19,8 +19,8 @@ use keygate_core::service::KeyLimits;
 use keygate_core::token::TokenRules;
 use serde::Deserialize;
 
-/// The validated configuration of one node.
-#[derive(Debug, Clone)]
+/// The validated configuration of one node. Its `Debug` masks the database URL's password.
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub database: String,
@@ -49,6 +49,28 @@ pub struct Config {
     /// ECDSA P-256 public keys (raw points) that sign leak reports (`POST /v1/leaks`), such as
     /// GitHub secret scanning's. None: leak reports are refused.
     pub leak_report_keys: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database", &redact_url(&self.database))
+            .field("token_rules", &self.token_rules)
+            .field("policy", &self.policy)
+            .field("limits", &self.limits)
+            .field("sync_interval", &self.sync_interval)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("forward_auth_headers", &self.forward_auth_headers)
+            .field("usage_flush_interval", &self.usage_flush_interval)
+            .field("token_cache_entries", &self.token_cache_entries)
+            .field("proxy", &self.proxy)
+            .field("sessions", &self.sessions)
+            .field("secure_cookies", &self.secure_cookies)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("leak_report_keys", &self.leak_report_keys.len())
+            .finish()
+    }
 }
 
 /// `serve --proxy-listen ADDR --upstream URL`.
@@ -613,7 +635,7 @@ pub fn describe(config: &Config) -> String {
 
 /// Hides a password in a database URL.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let masked = match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = url.get(s + 3..at).unwrap_or("");
             let user = creds.split(':').next().unwrap_or("");
@@ -624,6 +646,20 @@ pub fn redact_url(url: &str) -> String {
             )
         }
         _ => url.to_owned(),
+    };
+    // libpq also takes the password as a query parameter.
+    match masked.split_once('?') {
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => masked,
     }
 }
 
@@ -728,5 +764,22 @@ mod tests {
             redact_url("postgres://u:secret@h/db"),
             "postgres://u:***@h/db"
         );
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&Password=secret&sslmode=require"),
+            "postgres://h/db?user=u&Password=***&sslmode=require"
+        );
+    }
+
+    #[test]
+    fn debug_masks_the_database_password() {
+        let c = load(
+            None,
+            &|k| (k == "KEYGATE_DATABASE").then(|| "postgres://u:hunter2@h/db".to_owned()),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(shown.contains("postgres://u:***@h/db"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

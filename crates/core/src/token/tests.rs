@@ -900,6 +900,15 @@ fn the_token_cache_is_safe_and_bounded() {
         "the second call is a cache hit"
     );
     assert_eq!(verifier.token_cache().len(), 1);
+    // The cache holds bearer tokens: its Debug (and the verifier's) shows none.
+    for shown in [
+        format!("{:?}", verifier.token_cache()),
+        format!("{verifier:?}"),
+    ] {
+        assert!(!shown.contains(&t) && !shown.contains("eyJ"), "{shown}");
+    }
+    let presented = crate::credential::Credential::Token(&t);
+    assert_eq!(format!("{presented:?}"), "Token(<redacted>)");
 
     // A token differing in one byte is not served another's result.
     let mut forged = t.clone().into_bytes();
