@@ -707,7 +707,20 @@ async fn a_signed_leak_report_revokes_and_a_forged_one_does_nothing() {
             .starts_with("leaked")
     );
     let (_, events) = h.api("GET", "/v1/auditEvents", None).await;
-    assert!(events.to_string().contains("secretKey.leakReported"));
+    assert_eq!(
+        events.to_string().matches("secretKey.leakReported").count(),
+        1
+    );
+    // Reported again, once revoked: nothing changes, but the report is on record too.
+    let (s, _, doc) = h.send(leak_request(&report, Some(&github))).await;
+    assert_eq!(
+        (s, doc[0]["label"].as_str()),
+        (StatusCode::OK, Some("true_positive"))
+    );
+    let (_, events) = h.api("GET", "/v1/auditEvents", None).await;
+    let text = events.to_string();
+    assert_eq!(text.matches("secretKey.leakReported").count(), 2, "{text}");
+    assert!(text.contains(r#""alreadyRevoked":true"#), "{text}");
 
     // A secret already ended by a roll is a true positive, but revokes nothing: the new secret
     // keeps working.

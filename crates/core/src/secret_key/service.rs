@@ -207,10 +207,12 @@ impl SecretKeyService {
     }
 
     /// Revokes every reported token that is a keygate secret key, at once, and says which
-    /// were. The caller has verified the report's signature.
+    /// were. Each report of a live secret is audited, with the reporter's address, even when the
+    /// key was already revoked. The caller has verified the report's signature.
     pub async fn report_leaks(
         &self,
         reports: &[(String, String, String, String)],
+        source_ip: Option<std::net::IpAddr>,
     ) -> Result<Vec<LeakOutcome>> {
         let now = self.clock.now();
         let mut out = Vec::with_capacity(reports.len());
@@ -242,6 +244,7 @@ impl SecretKeyService {
                     AuditAction::SecretKeyLeakReported,
                     key.id.to_string(),
                 )
+                .from_ip(source_ip)
                 .with_detail(json!({
                     "url": url.chars().take(500).collect::<String>(),
                     "source": source.chars().take(100).collect::<String>(),
@@ -251,7 +254,10 @@ impl SecretKeyService {
                     "leaked: reported by secret scanning ({})",
                     source.chars().take(100).collect::<String>()
                 );
-                if let Some(revoked) = self
+                if key.is_revoked() {
+                    // Nothing to change, but the report itself is on record.
+                    self.store.append_audit_event(&audit).await?;
+                } else if let Some(revoked) = self
                     .store
                     .revoke_secret_key(key.issuer_id, key.id, Some(&reason), now, &audit)
                     .await?

@@ -250,6 +250,7 @@ const MAX_LEAK_REPORT: usize = 256 * 1024;
 /// GitHub's feedback format, naming tokens by SHA-256 rather than repeating them.
 pub async fn leaks(
     State(state): State<AppState>,
+    crate::auth::PeerIp(source_ip): crate::auth::PeerIp,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -295,7 +296,7 @@ pub async fn leaks(
         }
         entries.push((token, field("type"), field("url"), field("source")));
     }
-    let outcomes = state.secrets.report_leaks(&entries).await?;
+    let outcomes = state.secrets.report_leaks(&entries, source_ip).await?;
     let matched = outcomes.iter().filter(|o| o.matched).count();
     tracing::warn!(
         reported = outcomes.len(),
