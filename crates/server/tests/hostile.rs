@@ -134,6 +134,32 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
     ))
     .unwrap();
 
+    // An Ed25519 team key: its kid with an ES256 header must not pick P-256 verification.
+    let ed_kid = state
+        .keys
+        .create_key(
+            &me,
+            NewKey {
+                name: "ed".into(),
+                roles: vec!["DEVELOPER".to_owned()],
+                key_type: KeyType::Team,
+                algorithm: Algorithm::EdDsa,
+                public_key: None,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    // Where jku and x5u point: keygate must never connect here.
+    let lure = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    lure.set_nonblocking(true).unwrap();
+    let lure_url = format!("http://{}", lure.local_addr().unwrap());
+    // The stranger's real public point, as a jwk would carry it.
+    let (sx, sy) = stranger.public[1..].split_at(32);
+    let stranger_jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(sx), "y": b64(sy)});
+
     let now = clock.now();
     let hdr = json!({"alg": "ES256", "kid": kid, "typ": "JWT"});
     let claims = json!({"iss": iss, "aud": "keygate-v1", "exp": now + 600});
@@ -170,6 +196,18 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
     };
     let public_pem = keygate_core::crypto::public_key_pem(&public, Algorithm::Es256);
     let nested = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    // Deep but small: the depth limit refuses it, not the size cap.
+    let nested_small = format!("{}1{}", "[".repeat(1000), "]".repeat(1000));
+    // A base64url part whose last character carries non-zero unused bits: it decodes to the same
+    // bytes as the canonical one, so a lenient decoder would accept two spellings of one token.
+    let non_canonical = |part: &str| {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        assert!(part.len() % 4 >= 2, "this part has no unused bits");
+        let last = part.as_bytes()[part.len() - 1];
+        let v = ALPHABET.iter().position(|c| *c == last).unwrap();
+        format!("{}{}", &part[..part.len() - 1], char::from(ALPHABET[v ^ 1]))
+    };
 
     // (case, Authorization value, expected reason)
     let corpus: Vec<(&str, String, &str)> = vec![
@@ -216,6 +254,11 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
             "ALGORITHM_NOT_ALLOWED",
         ),
         (
+            "ES256 on an Ed25519 key",
+            sign(&json!({"alg": "ES256", "kid": ed_kid}), &claims.to_string()),
+            "ALGORITHM_NOT_ALLOWED",
+        ),
+        (
             "alg as an array",
             header_with(json!({"alg": ["ES256"]})),
             "TOKEN_MALFORMED",
@@ -225,7 +268,7 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
             "jwk: the attacker's own key, attacker-signed",
             stranger_signer
                 .sign_raw(
-                    json!({"alg": "ES256", "kid": kid, "jwk": {"kty": "EC", "crv": "P-256"}})
+                    json!({"alg": "ES256", "kid": kid, "jwk": stranger_jwk})
                         .to_string()
                         .as_bytes(),
                     claims.to_string().as_bytes(),
@@ -237,7 +280,7 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
             "jku to the attacker, attacker-signed",
             stranger_signer
                 .sign_raw(
-                    json!({"alg": "ES256", "kid": kid, "jku": "http://127.0.0.1:9/keys"})
+                    json!({"alg": "ES256", "kid": kid, "jku": format!("{lure_url}/keys")})
                         .to_string()
                         .as_bytes(),
                     claims.to_string().as_bytes(),
@@ -249,7 +292,7 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
             "x5u to the attacker, attacker-signed",
             stranger_signer
                 .sign_raw(
-                    json!({"alg": "ES256", "kid": kid, "x5u": "http://127.0.0.1:9/cert"})
+                    json!({"alg": "ES256", "kid": kid, "x5u": format!("{lure_url}/cert")})
                         .to_string()
                         .as_bytes(),
                     claims.to_string().as_bytes(),
@@ -326,6 +369,31 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
             "BAD_SIGNATURE",
         ),
         ("signature padded", format!("{good}="), "TOKEN_MALFORMED"),
+        (
+            "signature padded twice",
+            format!("{good}=="),
+            "TOKEN_MALFORMED",
+        ),
+        (
+            "header padded",
+            format!("{head_b64}==.{payload_b64}.{sig_b64}"),
+            "TOKEN_MALFORMED",
+        ),
+        (
+            "payload padded",
+            format!("{head_b64}.{payload_b64}=.{sig_b64}"),
+            "TOKEN_MALFORMED",
+        ),
+        (
+            "signature: non-canonical last character",
+            format!("{head_b64}.{payload_b64}.{}", non_canonical(sig_b64)),
+            "TOKEN_MALFORMED",
+        ),
+        (
+            "empty signature",
+            format!("{head_b64}.{payload_b64}."),
+            "BAD_SIGNATURE",
+        ),
         (
             "standard base64 alphabet",
             good.replace('-', "+").replace('_', "/")
@@ -418,6 +486,34 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
                 ),
             ),
             "TOKEN_TOO_LARGE",
+        ),
+        (
+            "deeply nested claim, small",
+            sign(
+                &hdr,
+                &format!(
+                    r#"{{"iss":"{iss}","aud":"keygate-v1","exp":{},"x":{nested_small}}}"#,
+                    now + 600
+                ),
+            ),
+            "TOKEN_MALFORMED",
+        ),
+        (
+            "nbf as string",
+            with(json!({"nbf": now.to_string()})),
+            "TOKEN_MALFORMED",
+        ),
+        ("iat as float", with(json!({"iat": 1.5})), "TOKEN_MALFORMED"),
+        (
+            "exp as float in the future",
+            sign(
+                &hdr,
+                &format!(
+                    r#"{{"iss":"{iss}","aud":"keygate-v1","exp":{}.5}}"#,
+                    now + 600
+                ),
+            ),
+            "TOKEN_MALFORMED",
         ),
         (
             "over 8 KiB",
@@ -549,6 +645,11 @@ async fn the_hostile_token_corpus_is_refused_with_the_right_reason_and_never_a_5
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Nothing in a header made keygate fetch anything.
+    assert!(
+        matches!(lure.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "keygate connected to a jku/x5u URL"
+    );
     // The well-formed token passes, so the corpus is about the tricks, not a broken harness.
     let ok = Request::get("/authz/v1/apps")
         .header(header::AUTHORIZATION, format!("Bearer {good}"))
