@@ -259,3 +259,32 @@ async fn no_secret_reaches_the_log_or_the_data_folder() {
         }
     }
 }
+
+/// The shapes every server's log is scanned for when its test ends (`Server`'s drop).
+#[test]
+fn the_log_scan_finds_every_shape_of_secret() {
+    let pem = format!("-----BEGIN {} KEY-----", "PRIVATE");
+    let secret = format!("kgsk_{}_Abc123", "a1B2".repeat(11));
+    let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJleHAiOjF9.c2lnbmF0dXJl";
+    for (line, what) in [
+        (pem.as_str(), "PEM"),
+        (secret.as_str(), "secret key"),
+        (jwt, "JWT"),
+        ("cookie: keygate_session=Zm9vYmFyYmF6cXV4cXV1eA", "session"),
+        ("keygate_form=Zm9vYmFyYmF6cXV4cXV1eA", "form cookie"),
+        ("authorization: Bearer abcdefghijklmnopqrstuvwx", "bearer"),
+    ] {
+        assert!(
+            !secret_shapes(&format!("INFO x {line} y")).is_empty(),
+            "{what} not found"
+        );
+    }
+    // What logs rightly hold: key IDs, secret-key hints, issuer IDs, paths.
+    for line in [
+        "key_id=7XU473GW0H hint=kgsk_AbCd issuer=5751d6dd-d02b-4570-8408-3733a55ee9ea",
+        "GET /v1/apiKeys/7XU473GW0H/privateKey 200",
+        "Bearer token missing",
+    ] {
+        assert!(secret_shapes(line).is_empty(), "{line}");
+    }
+}

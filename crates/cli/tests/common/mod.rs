@@ -116,10 +116,59 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server, then scans its whole trace-level log for anything shaped like a secret,
+    /// so every end-to-end test is also a hygiene test (hygiene.rs checks exact values too).
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            return;
+        }
+        let log = self.log.lock().unwrap();
+        if let Some(found) = secret_shapes(&log).first() {
+            panic!("the server log holds {found}");
+        }
     }
+}
+
+/// What in `text` looks like a secret: a PEM private key, a whole `kgsk_` secret key, a JWT,
+/// a session or form cookie's value, or a `Bearer` credential. Returns descriptions, never the
+/// secret itself.
+pub fn secret_shapes(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if text.contains(&format!("{} KEY-----", "PRIVATE")) {
+        found.push("a PEM private key".to_owned());
+    }
+    let base62 = |c: char| c.is_ascii_alphanumeric();
+    let b64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    for (at, _) in text.match_indices("kgsk_") {
+        let rest = &text[at + 5..];
+        let body: String = rest.chars().take_while(|c| base62(*c)).collect();
+        if body.len() >= 43 {
+            found.push(format!("a secret key at byte {at}"));
+        }
+    }
+    for (at, _) in text.match_indices("eyJ") {
+        let run: String = text[at..]
+            .chars()
+            .take_while(|c| b64url(*c) || *c == '.')
+            .collect();
+        if run.split('.').filter(|p| p.len() >= 4).count() >= 2 {
+            found.push(format!("a JWT at byte {at}"));
+        }
+    }
+    for name in ["keygate_session=", "keygate_form=", "Bearer "] {
+        for (at, _) in text.match_indices(name) {
+            let value: String = text[at + name.len()..]
+                .chars()
+                .take_while(|c| b64url(*c) || *c == '.')
+                .collect();
+            if value.len() >= 16 {
+                found.push(format!("a {name}... value at byte {at}"));
+            }
+        }
+    }
+    found
 }
 
 pub fn keygate(args: &[&str]) -> (bool, String, String) {
