@@ -473,24 +473,68 @@ async fn audit_verify_names_the_first_broken_link() {
     let (ok, stdout, stderr) = verify();
     assert!(ok, "{stderr}");
     assert!(stdout.contains("audit chain intact: 5 events"), "{stdout}");
+    // The head hash is printed, to be kept elsewhere.
+    let head = stdout
+        .split("head hash ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(head.len(), 64, "{stdout}");
 
     let mut db = sqlx::SqliteConnection::connect(&server.db_url)
         .await
         .unwrap();
-    sqlx::raw_sql(
+    let tamper = |sql: &'static str| sqlx::raw_sql(sql);
+    // Events removed from the end leave a chain that verifies, but not up to the head kept.
+    tamper(
+        "DROP TRIGGER audit_events_no_delete; \
+         CREATE TABLE kept AS SELECT * FROM audit_events WHERE seq = 5; \
+         DELETE FROM audit_events WHERE seq = 5;",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let (ok, stdout, _) = verify();
+    assert!(
+        ok && stdout.contains("4 events up to #4") && !stdout.contains(&head),
+        "{stdout}"
+    );
+    tamper("INSERT INTO audit_events SELECT * FROM kept; DROP TABLE kept;")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let (ok, stdout, _) = verify();
+    assert!(ok && stdout.contains(&head), "restored: {stdout}");
+
+    // An altered event breaks its link.
+    tamper(
         "DROP TRIGGER audit_events_no_update; \
          UPDATE audit_events SET actor = 'system:nobody' WHERE seq = 3;",
     )
     .execute(&mut db)
     .await
     .unwrap();
-    db.close().await.unwrap();
     let (ok, _, stderr) = verify();
     assert!(!ok);
     assert!(
         stderr.contains("BROKEN")
             && stderr.contains("event #3")
             && stderr.contains("2 events before it verified"),
+        "{stderr}"
+    );
+    // So does one that no longer even reads (an action keygate does not know).
+    tamper("UPDATE audit_events SET actor = 'apiKey:x', action = 'key.teleported' WHERE seq = 2;")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    let (ok, _, stderr) = verify();
+    assert!(!ok);
+    assert!(
+        stderr.contains("BROKEN")
+            && stderr.contains("audit event #2")
+            && stderr.contains("1 events before it verified"),
         "{stderr}"
     );
 }

@@ -214,6 +214,18 @@ impl ChainVerifier {
     pub fn last_seq(&self) -> Option<i64> {
         self.prev.as_ref().map(|(seq, _)| *seq)
     }
+
+    /// The newest verified event's hash, in hex: what to record elsewhere, since removing events
+    /// from the end of a chain leaves a chain that verifies.
+    pub fn last_hash_hex(&self) -> Option<String> {
+        self.prev.as_ref().map(|(_, hash)| {
+            hash.iter().fold(String::new(), |mut out, b| {
+                use std::fmt::Write as _;
+                let _ = write!(out, "{b:02x}");
+                out
+            })
+        })
+    }
 }
 
 #[cfg(test)]

@@ -99,11 +99,15 @@ where
     i64: Decode<'r, R::Database> + Type<R::Database>,
     Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
 {
+    let seq: i64 = row.try_get("seq").map_err(|_| corrupt("audit seq"))?;
+    // A column that no longer reads (tampered with, say) names its event, so `audit verify`
+    // can say which link broke.
+    let corrupt = |what: &str| corrupt(&format!("{what} of audit event #{seq}"));
     let get_str = |col: &str| row.try_get::<String, _>(col).map_err(|_| corrupt(col));
-    let action = AuditAction::parse(&get_str("action")?).ok_or_else(|| corrupt("audit action"))?;
+    let action = AuditAction::parse(&get_str("action")?).ok_or_else(|| corrupt("action"))?;
     let source_ip: Option<String> = row.try_get("source_ip").map_err(|_| corrupt("source_ip"))?;
     Ok(AuditEvent {
-        seq: row.try_get("seq").map_err(|_| corrupt("seq"))?,
+        seq,
         event: NewAuditEvent {
             issuer_id: get_str("issuer_id")?
                 .parse()
@@ -113,14 +117,10 @@ where
             action,
             target: get_str("target")?,
             source_ip: source_ip.and_then(|s| s.parse().ok()),
-            detail: serde_json_from(&get_str("detail")?)?,
+            detail: serde_json::from_str(&get_str("detail")?).map_err(|_| corrupt("detail"))?,
         },
         hash: row.try_get("hash").map_err(|_| corrupt("hash"))?,
     })
-}
-
-fn serde_json_from(text: &str) -> Result<serde_json::Value, Error> {
-    serde_json::from_str(text).map_err(|_| corrupt("audit detail"))
 }
 
 /// The columns [`user_from_row`] reads.
