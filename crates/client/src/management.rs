@@ -188,31 +188,36 @@ impl ManagementClient {
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    /// Every key of the caller's issuer (all pages), newest first.
-    pub async fn list_keys(&self, status: Option<&str>) -> Result<Vec<ApiKeyInfo>, ClientError> {
+    /// Every resource of a collection, following `links.next` from `first` to the last page.
+    async fn all_pages(&self, first: String) -> Result<Vec<Value>, ClientError> {
         let mut out = Vec::new();
-        let mut next = Some(match status {
-            Some(s) => format!("/v1/apiKeys?filter[status]={s}&limit=200"),
-            None => "/v1/apiKeys?limit=200".to_owned(),
-        });
+        let mut next = Some(first);
         while let Some(path) = next.take() {
-            let doc = self
+            let mut doc = self
                 .json(self.http.get(format!("{}{path}", self.base)))
                 .await?;
-            for item in doc
-                .get("data")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                out.push(ApiKeyInfo::from_resource(item)?);
-            }
             next = doc
                 .pointer("/links/next")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
+            if let Some(Value::Array(items)) = doc.get_mut("data").map(Value::take) {
+                out.extend(items);
+            }
         }
         Ok(out)
+    }
+
+    /// Every key of the caller's issuer (all pages), newest first.
+    pub async fn list_keys(&self, status: Option<&str>) -> Result<Vec<ApiKeyInfo>, ClientError> {
+        let first = match status {
+            Some(s) => format!("/v1/apiKeys?filter[status]={s}&limit=200"),
+            None => "/v1/apiKeys?limit=200".to_owned(),
+        };
+        self.all_pages(first)
+            .await?
+            .iter()
+            .map(ApiKeyInfo::from_resource)
+            .collect()
     }
 
     pub async fn create_key(
@@ -286,13 +291,9 @@ impl ManagementClient {
 
     /// The issuer's users.
     pub async fn list_users(&self) -> Result<Vec<UserInfo>, ClientError> {
-        let doc = self
-            .json(self.http.get(format!("{}/v1/users", self.base)))
-            .await?;
-        doc.get("data")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+        self.all_pages("/v1/users?limit=200".to_owned())
+            .await?
+            .iter()
             .map(from_resource)
             .collect()
     }
@@ -354,13 +355,9 @@ impl ManagementClient {
 
     /// Every secret key of the issuer (hints only).
     pub async fn list_secret_keys(&self) -> Result<Vec<SecretKeyInfo>, ClientError> {
-        let doc = self
-            .json(self.http.get(format!("{}/v1/secretKeys", self.base)))
-            .await?;
-        doc.get("data")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+        self.all_pages("/v1/secretKeys?limit=200".to_owned())
+            .await?
+            .iter()
             .map(from_resource)
             .collect()
     }

@@ -112,3 +112,88 @@ pub fn unknown_parameter(name: &str, takes: &str) -> Error {
         format!("Unknown parameter {shown:?}; this endpoint takes {takes}."),
     )
 }
+
+/// `limit` and `cursor` of a collection the server pages in memory: one an issuer holds few of
+/// (users, invitations, secret keys), read whole and shown newest first.
+#[derive(Debug, Clone)]
+pub struct Paging {
+    pub limit: u32,
+    /// `(created_at, id)` of the last item of the previous page.
+    after: Option<(i64, String)>,
+}
+
+impl Paging {
+    /// Reads the query: `limit` (1 to [`MAX_LIMIT`]) and `cursor` (from a `links.next`); any
+    /// other parameter is a `400`.
+    pub fn parse(raw: Option<&str>) -> Result<Self, Error> {
+        let mut paging = Self {
+            limit: DEFAULT_LIMIT,
+            after: None,
+        };
+        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let bad =
+                || Error::parameter("query", "The query string is not validly percent-encoded.");
+            let k = keygate_core::scope::percent_decode(k).ok_or_else(bad)?;
+            let v = keygate_core::scope::percent_decode(v).ok_or_else(bad)?;
+            match k.as_ref() {
+                "limit" => paging.limit = parse_limit(&v)?,
+                "cursor" => {
+                    let bad = || Error::parameter("cursor", "the cursor is not one keygate issued");
+                    let (at, id) = v.split_once('.').ok_or_else(bad)?;
+                    let at = at.parse().map_err(|_| bad())?;
+                    if id.is_empty() || id.len() > 64 {
+                        return Err(bad());
+                    }
+                    paging.after = Some((at, id.to_owned()));
+                }
+                other => return Err(unknown_parameter(other, "limit and cursor")),
+            }
+        }
+        Ok(paging)
+    }
+
+    /// The collection document for one page of `items`: sorted newest first by
+    /// `(created_at, id)`, after the cursor, at most `limit`, with `links.next` when more follow
+    /// and `meta.paging.total` counting them all.
+    pub fn document<T>(
+        &self,
+        mut items: Vec<T>,
+        order: impl Fn(&T) -> (i64, String),
+        path: &str,
+        resource: impl Fn(&T) -> Value,
+    ) -> Response {
+        let total = items.len();
+        items.sort_by_key(|item| std::cmp::Reverse(order(item)));
+        let after = self.after.clone();
+        let mut rest = items
+            .into_iter()
+            .filter(|item| after.as_ref().is_none_or(|a| order(item) < *a))
+            .peekable();
+        let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
+        let mut data = Vec::with_capacity(limit.min(total));
+        let mut last = None;
+        while data.len() < limit {
+            let Some(item) = rest.next() else { break };
+            data.push(resource(&item));
+            last = Some(order(&item));
+        }
+        let mut links = Map::new();
+        let self_link = match &self.after {
+            Some((at, id)) => format!("{path}?limit={}&cursor={at}.{id}", self.limit),
+            None => format!("{path}?limit={}", self.limit),
+        };
+        links.insert("self".into(), Value::String(self_link));
+        if let (Some((at, id)), Some(_)) = (last, rest.peek()) {
+            links.insert(
+                "next".into(),
+                Value::String(format!("{path}?limit={}&cursor={at}.{id}", self.limit)),
+            );
+        }
+        json_response(&serde_json::json!({
+            "data": data,
+            "links": links,
+            "meta": {"paging": {"total": total, "limit": self.limit}},
+        }))
+    }
+}

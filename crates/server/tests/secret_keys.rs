@@ -748,3 +748,54 @@ async fn a_signed_leak_report_revokes_and_a_forged_one_does_nothing() {
     let (s, _, doc) = h.send(leak_request(&report, Some(&github))).await;
     assert_eq!((s.as_u16(), reason(&doc)), (401, "BAD_SIGNATURE"));
 }
+
+/// Collections page by cursor, as `/v1/apiKeys` does: `limit`, `links.next`, `meta.paging`.
+/// Secret keys, users and invitations share the paging; the keys here were all made in the same
+/// second, so the order's tie-break (the ID) is what pages them.
+#[tokio::test]
+async fn secret_keys_users_and_invitations_page_by_cursor() {
+    let h = Harness::with(|_| {}).await;
+    let mut made = Vec::new();
+    for n in 0..5 {
+        made.push(
+            h.create(json!({"name": format!("k{n}"), "roles": ["DEVELOPER"]}))
+                .await
+                .0,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut next = Some("/v1/secretKeys?limit=2".to_owned());
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        let (s, doc) = h.api("GET", &path, None).await;
+        assert_eq!(s, StatusCode::OK, "{doc}");
+        assert_eq!(doc["meta"]["paging"]["total"], 5);
+        assert_eq!(doc["meta"]["paging"]["limit"], 2);
+        assert_eq!(doc["links"]["self"], path.as_str());
+        for k in doc["data"].as_array().unwrap() {
+            seen.push(k["id"].as_str().unwrap().to_owned());
+        }
+        next = doc["links"]["next"].as_str().map(str::to_owned);
+        pages += 1;
+    }
+    assert_eq!(pages, 3);
+    let mut sorted = made.clone();
+    sorted.sort();
+    sorted.reverse();
+    assert_eq!(seen, sorted, "every key once, newest (then highest ID) first");
+
+    for (path, param) in [
+        ("/v1/secretKeys?filter[name]=x", "filter[name]"),
+        ("/v1/users?limit=0", "limit"),
+        ("/v1/userInvitations?cursor=nonsense", "cursor"),
+        ("/v1/users?cursor=1.", "cursor"),
+    ] {
+        let (s, doc) = h.api("GET", path, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {doc}");
+        assert_eq!(doc["errors"][0]["code"], "PARAMETER_ERROR.INVALID", "{doc}");
+        assert_eq!(doc["errors"][0]["source"]["parameter"], param, "{doc}");
+    }
+    let (s, doc) = h.api("GET", "/v1/users?limit=1", None).await;
+    assert_eq!(s, StatusCode::OK, "{doc}");
+    assert_eq!(doc["meta"]["paging"]["limit"], 1);
+}

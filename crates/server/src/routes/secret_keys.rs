@@ -2,7 +2,7 @@
 //! (`POST /v1/leaks`, GitHub secret scanning's partner format).
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -132,19 +132,21 @@ pub async fn create(
 }
 
 /// `GET /v1/secretKeys`: ADMIN or `ACCOUNT_HOLDER`. Never a secret: hints only.
-pub async fn list(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
     let admin = p.admin()?;
+    let paging = crate::jsonapi::Paging::parse(raw.as_deref())?;
     let keys = state.secrets.list(&admin).await?;
     let now = state.secrets.now();
-    let data: Vec<Value> = keys
-        .iter()
-        .map(|k| secret_key_resource(k, now, None))
-        .collect();
-    Ok(json_response(&json!({
-        "data": data,
-        "links": {"self": "/v1/secretKeys"},
-        "meta": {"paging": {"total": keys.len(), "limit": keys.len()}},
-    })))
+    Ok(paging.document(
+        keys,
+        |k| (k.created_at, k.id.to_string()),
+        "/v1/secretKeys",
+        |k| secret_key_resource(k, now, None),
+    ))
 }
 
 /// `GET /v1/secretKeys/{id}`: ADMIN or `ACCOUNT_HOLDER`.

@@ -1,7 +1,7 @@
 //! The management API for people: `/v1/users` and `/v1/userInvitations`.
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::jsonapi::{attributes, json_response, read_document, with_status};
+use crate::jsonapi::{Paging, attributes, json_response, read_document, with_status};
 use crate::routes::keys::{reject_unknown, take_str};
 
 /// The `{id}` path segment; one that does not decode is a `404` in the error shape.
@@ -68,15 +68,6 @@ fn invitation_resource(i: &Invitation) -> Value {
     })
 }
 
-fn collection(data: &[Value], self_link: &str) -> Response {
-    let total = data.len();
-    json_response(&json!({
-        "data": data,
-        "links": {"self": self_link},
-        "meta": {"paging": {"total": total, "limit": total}},
-    }))
-}
-
 fn take_roles(attrs: &mut Map<String, Value>) -> Result<Vec<String>, Error> {
     match attrs.remove("roles") {
         Some(Value::Array(items)) => items
@@ -101,11 +92,20 @@ fn take_roles(attrs: &mut Map<String, Value>) -> Result<Vec<String>, Error> {
 }
 
 /// `GET /v1/users`: ADMIN or `ACCOUNT_HOLDER`.
-pub async fn list_users(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
+pub async fn list_users(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
     let admin = p.admin()?;
+    let paging = Paging::parse(raw.as_deref())?;
     let users = state.users.list_users(&admin).await?;
-    let data: Vec<Value> = users.iter().map(user_resource).collect();
-    Ok(collection(&data, "/v1/users"))
+    Ok(paging.document(
+        users,
+        |u| (u.created_at, u.id.to_string()),
+        "/v1/users",
+        user_resource,
+    ))
 }
 
 /// `GET /v1/users/{id}`: an admin, or the user themselves.
@@ -170,11 +170,17 @@ pub async fn delete_user(
 pub async fn list_invitations(
     State(state): State<AppState>,
     Caller(p): Caller,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let admin = p.admin()?;
+    let paging = Paging::parse(raw.as_deref())?;
     let list = state.users.list_invitations(&admin).await?;
-    let data: Vec<Value> = list.iter().map(invitation_resource).collect();
-    Ok(collection(&data, "/v1/userInvitations"))
+    Ok(paging.document(
+        list,
+        |i| (i.created_at, i.id.to_string()),
+        "/v1/userInvitations",
+        invitation_resource,
+    ))
 }
 
 /// `POST /v1/userInvitations`: ADMIN or `ACCOUNT_HOLDER`. The answer carries the one-time accept
