@@ -467,12 +467,15 @@ async fn the_whole_web_flow_in_headless_chromium() {
     fill(&c, "first_name", "Grace").await;
     fill(&c, "last_name", "Hopper").await;
     fill(&c, "email", "grace@example.com").await;
-    c.find(Locator::Id("role"))
-        .await
-        .unwrap()
-        .select_by_value("DEVELOPER")
-        .await
-        .unwrap();
+    // Roles are checkboxes; Developer is checked by default.
+    assert!(
+        c.find(Locator::Id("roles-DEVELOPER"))
+            .await
+            .unwrap()
+            .is_selected()
+            .await
+            .unwrap()
+    );
     click(&c, "form[action='/access/people/invite'] button").await;
     landed(&c, "/access/people/invite").await;
     let accept = c

@@ -899,6 +899,96 @@ fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// Individual keys: `sub: "user"` and no `iss`; the user's current roles; revoked with the user.
+/// People's roles are checkboxes in the web UI: several roles are kept, invited with and
+/// changed to, not cut to one.
+#[tokio::test]
+async fn the_people_pages_keep_several_roles() {
+    let h = Harness::new().await;
+    let (_, holder) = h.account_holder().await;
+    let (user_id, _) = h.user("dev@example.com", "DEVELOPER").await;
+    let Cred::Session(cookie, csrf) = &holder else {
+        unreachable!()
+    };
+    let page = |uri: String| {
+        Request::get(uri)
+            .header(header::COOKIE, format!("keygate_session={cookie}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let post = |uri: &str, body: String| {
+        Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, format!("keygate_session={cookie}"))
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let (status, _, body) = h
+        .send(post(
+            &format!("/access/people/{user_id}/roles"),
+            format!("csrf_token={csrf}&roles=DEVELOPER&roles=FINANCE"),
+        ))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (_, doc) = h
+        .call(&holder, "GET", &format!("/v1/users/{user_id}"), None)
+        .await;
+    assert_eq!(
+        doc["data"]["attributes"]["roles"],
+        json!(["DEVELOPER", "FINANCE"]),
+        "{doc}"
+    );
+    let (status, _, body) = h
+        .send(page(format!("/access/people/{user_id}/roles")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = String::from_utf8(body).unwrap();
+    for role in ["DEVELOPER", "FINANCE"] {
+        assert!(
+            body.contains(&format!(
+                r#"id="roles-{role}" name="roles" value="{role}" checked"#
+            )),
+            "{role} checked: {body}"
+        );
+    }
+    // No role at all is refused with a clear message; nothing changes.
+    let (status, _, body) = h
+        .send(post(
+            &format!("/access/people/{user_id}/roles"),
+            format!("csrf_token={csrf}"),
+        ))
+        .await;
+    assert!(status.is_client_error(), "{status}");
+    assert!(String::from_utf8_lossy(&body).contains("role"), "a message");
+    let (_, doc) = h
+        .call(&holder, "GET", &format!("/v1/users/{user_id}"), None)
+        .await;
+    assert_eq!(
+        doc["data"]["attributes"]["roles"],
+        json!(["DEVELOPER", "FINANCE"])
+    );
+    // Invited with two roles.
+    let (status, _, body) = h
+        .send(post(
+            "/access/people/invite",
+            format!(
+                "csrf_token={csrf}&first_name=Ann&last_name=Lee&email=ann%40example.com&roles=APP_MANAGER&roles=SALES"
+            ),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (_, doc) = h.call(&holder, "GET", "/v1/userInvitations", None).await;
+    assert_eq!(
+        doc["data"][0]["attributes"]["roles"],
+        json!(["APP_MANAGER", "SALES"]),
+        "{doc}"
+    );
+}
+
 /// An admin manages everyone's keys but never takes another person's private key: whoever
 /// holds it signs as that person, and the audit log would name them.
 #[tokio::test]

@@ -782,7 +782,10 @@ async fn secret_keys_users_and_invitations_page_by_cursor() {
     let mut sorted = made.clone();
     sorted.sort();
     sorted.reverse();
-    assert_eq!(seen, sorted, "every key once, newest (then highest ID) first");
+    assert_eq!(
+        seen, sorted,
+        "every key once, newest (then highest ID) first"
+    );
 
     for (path, param) in [
         ("/v1/secretKeys?filter[name]=x", "filter[name]"),

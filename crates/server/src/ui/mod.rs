@@ -60,7 +60,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/access/people", get(people::people))
         .route("/access/people/invite", post(people::invite))
-        .route("/access/people/{id}/roles", post(people::change_roles))
+        .route(
+            "/access/people/{id}/roles",
+            get(people::roles_form).post(people::change_roles),
+        )
         .route(
             "/access/people/{id}/remove",
             get(people::remove_confirm).post(people::remove),
@@ -244,6 +247,14 @@ impl Form {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+    /// Every value of a repeated field (checkboxes), in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     /// A field's value, or empty.
     pub fn text(&self, name: &str) -> &str {
@@ -556,6 +567,24 @@ fn role_select(id: &str, name: &str, catalog: &RoleCatalog, selected: Option<&st
         select id=(id) name=(name) required {
             @for r in grantable(catalog) {
                 option value=(r.as_str()) selected[selected == Some(r.as_str())] { (role_label(r.as_str())) }
+            }
+        }
+    }
+}
+
+/// A person's roles, as a group of checkboxes (a person may hold several roles; a select would
+/// quietly drop all but one).
+fn role_checkboxes(name: &str, legend: &str, catalog: &RoleCatalog, checked: &[&str]) -> Markup {
+    html! {
+        fieldset.roles {
+            legend { (legend) }
+            @for r in grantable(catalog) {
+                @let id = format!("{name}-{}", r.as_str());
+                div {
+                    input type="checkbox" id=(id) name=(name) value=(r.as_str()) checked[checked.contains(&r.as_str())];
+                    " "
+                    label for=(id) { (role_label(r.as_str())) }
+                }
             }
         }
     }

@@ -10,7 +10,7 @@ use maud::{Markup, html};
 
 use super::{
     CSRF_FIELD, Web, alert, date, error_page, error_text, html_response, layout, redirect,
-    role_select, roles_text,
+    role_checkboxes, roles_text,
 };
 use crate::AppState;
 
@@ -35,7 +35,8 @@ pub(super) fn tabs(active: &str) -> Markup {
 struct Outcome<'a> {
     message: Option<&'a str>,
     notice: Option<Markup>,
-    invite_values: (&'a str, &'a str, &'a str, Option<&'a str>),
+    invite_values: (&'a str, &'a str, &'a str),
+    invite_roles: Option<Vec<&'a str>>,
 }
 
 fn invitations_table(web: &Web, invitations: &[keygate_core::user::Invitation]) -> Markup {
@@ -115,12 +116,7 @@ async fn people_page(
                                     @if u.is_account_holder() {
                                         "Account Holder"
                                     } @else {
-                                        form.inline method="post" action=(format!("/access/people/{}/roles", u.id)) {
-                                            input type="hidden" name=(CSRF_FIELD) value=(web.csrf);
-                                            label.visually-hidden for=(format!("role-{}", u.id)) { "Role for " (u.display_name()) }
-                                            (role_select(&format!("role-{}", u.id), "role", catalog, u.roles.iter().next().map(keygate_core::role::Role::as_str)))
-                                            button type="submit" { "Change Role" }
-                                        }
+                                        a href=(format!("/access/people/{}/roles", u.id)) { "Change Roles" span.visually-hidden { " of " (u.display_name()) } }
                                         " "
                                         a href=(format!("/access/people/{}/remove", u.id)) { "Remove " span.visually-hidden { (u.display_name()) } }
                                     }
@@ -144,8 +140,7 @@ async fn people_page(
                     input id="last_name" name="last_name" type="text" required maxlength="100" value=(out.invite_values.1);
                     label for="email" { "Email" }
                     input id="email" name="email" type="email" required maxlength="254" value=(out.invite_values.2);
-                    label for="role" { "Role" }
-                    (role_select("role", "role", catalog, out.invite_values.3.or(Some("DEVELOPER"))))
+                    (role_checkboxes("roles", "Roles", catalog, out.invite_roles.as_deref().unwrap_or(&["DEVELOPER"])))
                     button type="submit" { "Invite" }
                 }
             }
@@ -172,14 +167,17 @@ pub async fn invite(
         Ok(a) => a,
         Err(e) => return error_page(Some(&web), e),
     };
-    let (first, last, email, role) = (
+    let (first, last, email, roles) = (
         form.text("first_name"),
         form.text("last_name"),
         form.text("email"),
-        form.text("role"),
+        form.all("roles"),
     );
     let result = match Person::validate(email, first, last) {
-        Ok(person) => state.users.invite(&admin, person, &[role.to_owned()]).await,
+        Ok(person) => {
+            let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+            state.users.invite(&admin, person, &roles).await
+        }
         Err(e) => Err(e),
     };
     match result {
@@ -213,13 +211,60 @@ pub async fn invite(
                 status,
                 Outcome {
                     message: Some(&m),
-                    invite_values: (first, last, email, Some(role)),
+                    invite_values: (first, last, email),
+                    invite_roles: Some(roles),
                     ..Outcome::default()
                 },
             )
             .await
         }
     }
+}
+
+/// The Change Roles page of one person: their roles as checkboxes.
+pub async fn roles_form(
+    State(state): State<AppState>,
+    web: Web,
+    Path(id): Path<String>,
+) -> Response {
+    roles_page(&state, &web, &id, StatusCode::OK, None).await
+}
+
+async fn roles_page(
+    state: &AppState,
+    web: &Web,
+    id: &str,
+    status: StatusCode,
+    message: Option<&str>,
+) -> Response {
+    let user = match web.principal.admin() {
+        Ok(_) => state.users.get_user(&web.principal, id).await,
+        Err(e) => Err(e),
+    };
+    let user = match user {
+        Ok(u) => u,
+        Err(e) => return error_page(Some(web), e),
+    };
+    let checked: Vec<&str> = user
+        .roles
+        .iter()
+        .map(keygate_core::role::Role::as_str)
+        .collect();
+    let content = html! {
+        (alert(message))
+        @if user.is_account_holder() {
+            p { (user.display_name()) " is the Account Holder, whose role does not change." }
+        } @else {
+            form.stack method="post" action=(format!("/access/people/{}/roles", user.id)) {
+                input type="hidden" name=(CSRF_FIELD) value=(web.csrf);
+                p { "Roles of " strong { (user.display_name()) } " (" (user.email) "). Their individual key, if any, acts with these roles from the moment you save." }
+                (role_checkboxes("roles", "Roles", state.keys.roles(), &checked))
+                button type="submit" { "Save Roles" }
+            }
+        }
+        p { a href="/access/people" { "Back to People" } }
+    };
+    html_response(status, layout("Change Roles", Some(web), &content))
 }
 
 pub async fn change_roles(
@@ -232,29 +277,16 @@ pub async fn change_roles(
         Ok(f) => f,
         Err(r) => return r,
     };
+    let roles: Vec<String> = form.all("roles").iter().map(|r| (*r).to_owned()).collect();
     let result = match web.principal.admin() {
-        Ok(admin) => {
-            state
-                .users
-                .set_roles(&admin, &id, &[form.text("role").to_owned()])
-                .await
-        }
+        Ok(admin) => state.users.set_roles(&admin, &id, &roles).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(_) => redirect("/access/people"),
         Err(e) => {
             let (status, m) = error_text(e);
-            people_page(
-                &state,
-                &web,
-                status,
-                Outcome {
-                    message: Some(&m),
-                    ..Outcome::default()
-                },
-            )
-            .await
+            roles_page(&state, &web, &id, status, Some(&m)).await
         }
     }
 }
