@@ -21,7 +21,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use keygate_core::authz::Principal;
 use keygate_core::error::Error;
 use keygate_core::people::{UserService, csrf_token};
@@ -41,65 +41,140 @@ const CSRF_FIELD: &str = "csrf_token";
 /// The largest form body read.
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(home))
-        .route("/static/keygate.css", get(stylesheet))
-        .route(
+/// One page route: its path, the methods it answers, and whether it needs a signed-in session.
+/// The router is built from [`page_routes`], and `tests/pages.rs` walks the same list: a page
+/// cannot be added without its session and CSRF checks being tested.
+pub struct PageRoute {
+    pub path: &'static str,
+    pub methods: &'static [&'static str],
+    /// Needs a signed-in session (else it is public: sign-in, setup, invitations, assets).
+    pub session: bool,
+    handler: MethodRouter<AppState>,
+}
+
+impl std::fmt::Debug for PageRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageRoute")
+            .field("path", &self.path)
+            .field("methods", &self.methods)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+fn page(
+    path: &'static str,
+    methods: &'static [&'static str],
+    session: bool,
+    handler: MethodRouter<AppState>,
+) -> PageRoute {
+    PageRoute {
+        path,
+        methods,
+        session,
+        handler,
+    }
+}
+
+/// Every page of the web UI.
+pub fn page_routes() -> Vec<PageRoute> {
+    const GET: &[&str] = &["GET"];
+    const POST: &[&str] = &["POST"];
+    const BOTH: &[&str] = &["GET", "POST"];
+    vec![
+        page("/", GET, false, get(home)),
+        page("/static/keygate.css", GET, false, get(stylesheet)),
+        page("/static/copy.js", GET, false, get(copy_script)),
+        page(
             "/setup/{link}",
+            BOTH,
+            false,
             get(sign_in::setup_form).post(sign_in::setup_submit),
-        )
-        .route(
+        ),
+        page(
             "/signin",
+            BOTH,
+            false,
             get(sign_in::sign_in_form).post(sign_in::sign_in_submit),
-        )
-        .route("/signout", post(sign_in::sign_out))
-        .route(
+        ),
+        page("/signout", POST, true, post(sign_in::sign_out)),
+        page(
             "/invitations/{link}",
+            BOTH,
+            false,
             get(sign_in::accept_form).post(sign_in::accept_submit),
-        )
-        .route("/access/people", get(people::people))
-        .route("/access/people/invite", post(people::invite))
-        .route(
+        ),
+        page("/access/people", GET, true, get(people::people)),
+        page("/access/people/invite", POST, true, post(people::invite)),
+        page(
             "/access/people/{id}/roles",
+            BOTH,
+            true,
             get(people::roles_form).post(people::change_roles),
-        )
-        .route(
+        ),
+        page(
             "/access/people/{id}/remove",
+            BOTH,
+            true,
             get(people::remove_confirm).post(people::remove),
-        )
-        .route(
+        ),
+        page(
             "/access/invitations/{id}/cancel",
+            POST,
+            true,
             post(people::cancel_invitation),
-        )
-        .route("/access/integrations", get(access::integrations))
-        .route(
+        ),
+        page("/access/integrations", GET, true, get(access::integrations)),
+        page(
             "/access/integrations/generate",
+            BOTH,
+            true,
             get(access::generate_form).post(access::generate),
-        )
-        .route(
+        ),
+        page(
             "/access/integrations/individual",
+            POST,
+            true,
             post(access::generate_individual),
-        )
-        .route("/access/keys/{id}/download", post(access::download))
-        .route(
+        ),
+        page(
+            "/access/keys/{id}/download",
+            POST,
+            true,
+            post(access::download),
+        ),
+        page(
             "/access/keys/{id}/revoke",
+            BOTH,
+            true,
             get(access::revoke_confirm).post(access::revoke),
-        )
-        .route("/access/audit", get(access::audit_log))
-        .route(
+        ),
+        page("/access/audit", GET, true, get(access::audit_log)),
+        page(
             "/access/secret-keys/new",
+            BOTH,
+            true,
             get(secret_keys::new_form).post(secret_keys::create),
-        )
-        .route(
+        ),
+        page(
             "/access/secret-keys/{id}/roll",
+            BOTH,
+            true,
             get(secret_keys::roll_confirm).post(secret_keys::roll),
-        )
-        .route(
+        ),
+        page(
             "/access/secret-keys/{id}/revoke",
+            BOTH,
+            true,
             get(secret_keys::revoke_confirm).post(secret_keys::revoke),
-        )
-        .route("/static/copy.js", get(copy_script))
+        ),
+    ]
+}
+
+pub fn router() -> Router<AppState> {
+    page_routes()
+        .into_iter()
+        .fold(Router::new(), |r, p| r.route(p.path, p.handler))
         .layer(middleware::from_fn(page_headers))
 }
 
