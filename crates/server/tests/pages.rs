@@ -172,11 +172,11 @@ async fn every_page_checks_its_session_and_every_form_its_csrf_token() {
             .replace("{link}", invite_link.expose())
     };
 
-    let routes = page_routes();
-    assert!(routes.len() >= 20, "{routes:?}");
+    let pages = page_routes();
+    assert!(pages.len() >= 20, "{pages:?}");
     let mut checked = 0;
     let mut wrong = Vec::new();
-    for route in &routes {
+    for route in &pages {
         let uri = fill(route.path);
         let request = |method: &str, cookie: Option<&str>, body: String| {
             let mut b = Request::builder()
