@@ -140,7 +140,11 @@ fn table(keys: &[SecretKeyInfo]) -> String {
                 k.id,
                 name,
                 k.roles.join(","),
-                if k.is_active { "ACTIVE" } else { "REVOKED" },
+                match (k.is_active, &k.revoked_date) {
+                    (true, _) => "ACTIVE",
+                    (false, Some(_)) => "REVOKED",
+                    (false, None) => "EXPIRED",
+                },
                 k.created_date,
                 k.request_count,
                 hints.join(" "),

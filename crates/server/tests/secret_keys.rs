@@ -266,7 +266,7 @@ async fn secret_keys_are_shown_once_and_presented_either_way() {
     assert_eq!(s, StatusCode::CONFLICT, "a revoked key cannot be rolled");
 
     // Expiry.
-    let (_, expiring) = h
+    let (expiring_id, expiring) = h
         .create(json!({"name": "trial", "roles": ["DEVELOPER"], "expiresAt": keygate_core::time_fmt::rfc3339(NOW + 60)}))
         .await;
     assert_eq!(
@@ -276,6 +276,17 @@ async fn secret_keys_are_shown_once_and_presented_either_way() {
     h.clock.advance(61);
     let (s, _, doc) = h.send(with_key(get("/v1/apps"), &expiring)).await;
     assert_eq!((s.as_u16(), reason(&doc)), (401, "KEY_EXPIRED"));
+    // An expired key is not brought back by a roll.
+    let (s, doc) = h
+        .api("POST", &format!("/v1/secretKeys/{expiring_id}/roll"), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{doc}");
+    assert!(
+        doc["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
 
     // Bad input: clear errors, nothing created.
     for (attrs, why) in [

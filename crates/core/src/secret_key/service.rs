@@ -181,6 +181,18 @@ impl SecretKeyService {
                 "oldKeyExpiresAt is from now to 30 days ahead.",
             ));
         }
+        // An expired key stays expired: a new secret for it would be refused at once.
+        let current = self
+            .store
+            .get_secret_key(admin.issuer_id(), id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        if !current.is_revoked() && current.is_expired(now) {
+            return Err(Error::Conflict(
+                "This secret key has expired; a roll would not bring it back. Create a new key."
+                    .into(),
+            ));
+        }
         let secret = SecretKeyText::generate()?;
         let version = SecretVersion {
             hash: secret.hash(),
