@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ struct Acked {
     created: BTreeSet<String>,
     downloaded: BTreeSet<String>,
     revoked: BTreeSet<String>,
+    /// The private keys handed out, to sign with after the crashes.
+    pems: BTreeMap<String, String>,
 }
 
 async fn load(server_base: String, token: String, acked: Arc<Mutex<Acked>>, stop: Instant) {
@@ -62,8 +64,13 @@ async fn load(server_base: String, token: String, acked: Arc<Mutex<Acked>>, stop
             else {
                 return;
             };
-            if resp.status() == 200 && resp.bytes().await.is_ok_and(|b| !b.is_empty()) {
-                acked.lock().unwrap().downloaded.insert(id.clone());
+            if resp.status() == 200
+                && let Ok(pem) = resp.text().await
+                && !pem.is_empty()
+            {
+                let mut a = acked.lock().unwrap();
+                a.downloaded.insert(id.clone());
+                a.pems.insert(id.clone(), pem);
             }
         }
         if n % 3 == 0 {
@@ -174,6 +181,50 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write() {
             "{id} stays revoked"
         );
     }
+    // The data plane agrees after the restarts: a downloaded key's token passes while the key
+    // is active and is refused as revoked once it is not, so no revoked key is active again.
+    let now = keygate_core::clock::Clock::now(&keygate_core::clock::SystemClock);
+    for (id, pem) in &acked.pems {
+        let signer = keygate_core::token::Signer::from_pem(
+            &keygate_core::crypto::PrivateKeyPem::from_pem(pem.clone()),
+        )
+        .unwrap();
+        let jwt = keygate_core::token::sign_jwt(
+            &signer,
+            id,
+            &json!({"iss": admin.issuer, "aud": "keygate-v1", "exp": now + 600}),
+        )
+        .unwrap();
+        let active = by_id(id)["attributes"]["isActive"] == true;
+        let resp = client
+            .get(server.url("/authz/v1/apps"))
+            .bearer_auth(&jwt)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let doc: Value = resp.json().await.unwrap_or(Value::Null);
+        let reason = doc["errors"][0]["meta"]["reason"].as_str().unwrap_or("");
+        if active {
+            assert_eq!(status, 200, "{id} is active: {doc}");
+        } else {
+            assert_eq!((status, reason), (401, "KEY_REVOKED"), "{id} is revoked");
+        }
+    }
+    assert!(!acked.pems.is_empty(), "some keys were downloaded");
+    eprintln!(
+        "acknowledged across 3 crashes: {} created, {} downloaded, {} revoked; {} downloaded keys' tokens checked, {} of them revoked",
+        acked.created.len(),
+        acked.downloaded.len(),
+        acked.revoked.len(),
+        acked.pems.len(),
+        acked
+            .pems
+            .keys()
+            .filter(|id| acked.revoked.contains(*id))
+            .count()
+    );
+
     // No key both downloadable and downloaded, in the API's view...
     for k in &all {
         let a = &k["attributes"];
