@@ -2,8 +2,8 @@
 //!
 //! Pages call the same core services as the management API, with the same permission proofs;
 //! this module only renders and reads forms. Every page is `Cache-Control: no-store` (they show
-//! issuer data, download links and one-time links) and carries a strict CSP with no script at
-//! all. Every state-changing form carries a CSRF token: for a signed-in user the one derived
+//! issuer data, download forms and one-time links) and carries a strict CSP whose only script is
+//! `/static/copy.js` (the Copy button; every page works without it). Every state-changing form carries a CSRF token: for a signed-in user the one derived
 //! from the session ID, before sign-in a double-submit value from a short-lived cookie.
 
 // A refusal here is the finished page; boxing it would buy nothing.
@@ -178,7 +178,8 @@ pub fn router() -> Router<AppState> {
         .layer(middleware::from_fn(page_headers))
 }
 
-/// No caching, no framing, no scripts, no referrer (setup and invitation URLs hold secrets).
+/// No caching, no framing, no script but our own, no referrer (setup and invitation URLs hold
+/// secrets).
 async fn page_headers(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
