@@ -1047,6 +1047,7 @@ async fn an_individual_keys_private_half_goes_to_its_owner_alone() {
         row.contains("Revoke") && !row.contains("Download API Key"),
         "{row}"
     );
+    assert!(row.contains("Test User"), "the owner by name: {row}");
     // Its owner still gets it, once.
     let Cred::Session(cookie, csrf) = &session else {
         unreachable!()

@@ -50,7 +50,17 @@ async fn keys_in_scope(state: &AppState, web: &Web) -> keygate_core::Result<Vec<
     }
 }
 
-fn key_table(web: &Web, keys: &[&ApiKey], now: i64, window: i64, show_owner: bool) -> Markup {
+/// Names of the issuer's people by user ID, for the owner column an admin sees.
+type Owners = std::collections::HashMap<keygate_core::ids::UserId, String>;
+
+fn key_table(
+    web: &Web,
+    keys: &[&ApiKey],
+    now: i64,
+    window: i64,
+    owners: Option<&Owners>,
+) -> Markup {
+    let show_owner = owners.is_some();
     html! {
         table {
             thead { tr {
@@ -67,7 +77,9 @@ fn key_table(web: &Web, keys: &[&ApiKey], now: i64, window: i64, show_owner: boo
                     tr data-key-id=(k.id.as_str()) {
                         td { (k.name) }
                         td { code { (k.id.as_str()) } }
-                        @if show_owner { td { (k.user_id.map(|u| u.to_string()).unwrap_or_default()) } }
+                        @if let Some(owners) = owners {
+                            td { (k.user_id.map(|u| owners.get(&u).cloned().unwrap_or_else(|| u.to_string())).unwrap_or_default()) }
+                        }
                         td { (roles_text(&k.roles)) }
                         td { (date(k.created_at)) }
                         td { (k.last_used_at.map_or_else(|| "Never".into(), date)) }
@@ -138,6 +150,14 @@ pub async fn integrations(
         },
         Err(_) => None,
     };
+    // An admin sees whose each individual key is, by name.
+    let owners: Option<Owners> = match web.principal.admin() {
+        Ok(admin) => match state.users.list_users(&admin).await {
+            Ok(users) => Some(users.iter().map(|u| (u.id, u.display_name())).collect()),
+            Err(e) => return error_page(Some(&web), e),
+        },
+        Err(_) => None,
+    };
     let now = state.keys.now();
     let window = state.keys.limits().download_window;
     let active = |t: KeyType| -> Vec<&ApiKey> {
@@ -186,7 +206,7 @@ pub async fn integrations(
             @if team.is_empty() {
                 p { "No active team keys." }
             } @else if admin {
-                (key_table(&web, &team, now, window, false))
+                (key_table(&web, &team, now, window, None))
             }
             @if !admin {
                 p { "Only an Admin or the Account Holder can see and generate team keys." }
@@ -206,7 +226,7 @@ pub async fn integrations(
             @if individual.is_empty() {
                 p { "No active individual keys." }
             } @else {
-                (key_table(&web, &individual, now, window, admin))
+                (key_table(&web, &individual, now, window, owners.as_ref()))
             }
         }
         @if let Some(secret_keys) = &secret_keys {
