@@ -456,6 +456,22 @@ async fn the_whole_web_flow_in_headless_chromium() {
         .unwrap();
     click(&c, "#confirm-revoke-secret").await;
     landed(&c, "/access/integrations?").await;
+    // Listed under Revoked now, and no longer among the live secret keys.
+    assert!(
+        c.find(Locator::Css(&format!(
+            "section[aria-labelledby=revoked-heading] tr[data-secret-key-id='{secret_id}']"
+        )))
+        .await
+        .is_ok(),
+        "the revoked secret key is under Revoked"
+    );
+    assert!(
+        c.find(Locator::Css(&format!(
+            "section[aria-labelledby=secret-heading] tr[data-secret-key-id='{secret_id}']"
+        )))
+        .await
+        .is_err()
+    );
     assert_eq!(
         maps(rolled.clone(), Some("https://app.example.com/")).await,
         (401, "KEY_REVOKED".into())

@@ -6,6 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use keygate_core::key::{Algorithm, ApiKey, KeyQuery, KeyType};
+use keygate_core::secret_key::SecretKey;
 use keygate_core::service::NewKey;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -104,11 +105,11 @@ fn key_table(
     }
 }
 
-fn revoked_section(revoked: &[&ApiKey]) -> Markup {
+fn revoked_section(revoked: &[&ApiKey], secrets: &[&SecretKey]) -> Markup {
     html! {
         section aria-labelledby="revoked-heading" {
             h2 id="revoked-heading" { "Revoked" }
-            @if revoked.is_empty() {
+            @if revoked.is_empty() && secrets.is_empty() {
                 p { "No revoked keys." }
             } @else {
                 table {
@@ -127,10 +128,36 @@ fn revoked_section(revoked: &[&ApiKey]) -> Markup {
                                 td { (k.revoke_reason.as_deref().unwrap_or(if k.is_revoked() { "" } else { "Expired or never downloaded" })) }
                             }
                         }
+                        @for k in secrets {
+                            tr data-secret-key-id=(k.id.as_str()) {
+                                td { (k.name) }
+                                td { code { (k.id.as_str()) } }
+                                td { "Secret" }
+                                td { (roles_text(&k.roles)) }
+                                td { (k.revoked_at.or(k.expires_at).map(date).unwrap_or_default()) }
+                                td { (k.revoke_reason.as_deref().unwrap_or(if k.is_revoked() { "" } else { "Expired" })) }
+                            }
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// For an admin, the issuer's people by user ID: whose each individual key is, by name.
+async fn owner_names(state: &AppState, web: &Web) -> keygate_core::error::Result<Option<Owners>> {
+    match web.principal.admin() {
+        Ok(admin) => Ok(Some(
+            state
+                .users
+                .list_users(&admin)
+                .await?
+                .iter()
+                .map(|u| (u.id, u.display_name()))
+                .collect(),
+        )),
+        Err(_) => Ok(None),
     }
 }
 
@@ -150,13 +177,9 @@ pub async fn integrations(
         },
         Err(_) => None,
     };
-    // An admin sees whose each individual key is, by name.
-    let owners: Option<Owners> = match web.principal.admin() {
-        Ok(admin) => match state.users.list_users(&admin).await {
-            Ok(users) => Some(users.iter().map(|u| (u.id, u.display_name())).collect()),
-            Err(e) => return error_page(Some(&web), e),
-        },
-        Err(_) => None,
+    let owners = match owner_names(&state, &web).await {
+        Ok(o) => o,
+        Err(e) => return error_page(Some(&web), e),
     };
     let now = state.keys.now();
     let window = state.keys.limits().download_window;
@@ -168,6 +191,8 @@ pub async fn integrations(
     let team = active(KeyType::Team);
     let individual = active(KeyType::Individual);
     let revoked: Vec<&ApiKey> = keys.iter().filter(|k| !k.is_active(now)).collect();
+    let (live_secrets, ended_secrets): (Vec<&SecretKey>, Vec<&SecretKey>) =
+        secret_keys.iter().flatten().partition(|k| k.is_active(now));
     let me = web.session.user.id;
     let has_own = individual.iter().any(|k| k.user_id == Some(me));
     let admin = web.is_admin();
@@ -229,13 +254,13 @@ pub async fn integrations(
                 (key_table(&web, &individual, now, window, owners.as_ref()))
             }
         }
-        @if let Some(secret_keys) = &secret_keys {
+        @if secret_keys.is_some() {
             @if let Some(id) = &q.revoked_secret {
                 div.notice role="status" { p { "Secret key " code { (id) } " was revoked. Requests with it are refused from now on." } }
             }
-            (super::secret_keys::section(secret_keys, now))
+            (super::secret_keys::section(&live_secrets, now))
         }
-        (revoked_section(&revoked))
+        (revoked_section(&revoked, &ended_secrets))
     };
     html_response(StatusCode::OK, layout("Integrations", Some(&web), &content))
 }

@@ -15,8 +15,9 @@ use super::{
 };
 use crate::AppState;
 
-/// The Secret Keys section of Integrations (admins only).
-pub(super) fn section(keys: &[SecretKey], now: i64) -> Markup {
+/// The Secret Keys section of Integrations (admins only): the live keys; revoked and expired
+/// ones are listed under Revoked with the API keys.
+pub(super) fn section(keys: &[&SecretKey], now: i64) -> Markup {
     html! {
         section aria-labelledby="secret-heading" {
             div.section-head {
@@ -31,7 +32,7 @@ pub(super) fn section(keys: &[SecretKey], now: i64) -> Markup {
                     thead { tr {
                         th scope="col" { "Name" } th scope="col" { "Key ID" } th scope="col" { "Access" }
                         th scope="col" { "Secret" } th scope="col" { "Restrictions" } th scope="col" { "Created" }
-                        th scope="col" { "Last Used" } th scope="col" { "Status / Actions" }
+                        th scope="col" { "Last Used" } th scope="col" { "Actions" }
                     } }
                     tbody {
                         @for k in keys {
@@ -44,15 +45,9 @@ pub(super) fn section(keys: &[SecretKey], now: i64) -> Markup {
                                 td { (date(k.created_at)) }
                                 td { (k.last_used_at.map_or_else(|| "Never".into(), date)) }
                                 td {
-                                    @if k.is_active(now) {
-                                        a href=(format!("/access/secret-keys/{}/roll", k.id)) { "Roll" span.visually-hidden { " " (k.name) } }
-                                        " "
-                                        a href=(format!("/access/secret-keys/{}/revoke", k.id)) { "Revoke" span.visually-hidden { " " (k.name) } }
-                                    } @else if k.is_revoked() {
-                                        "Revoked " (k.revoked_at.map(date).unwrap_or_default())
-                                    } @else {
-                                        "Expired"
-                                    }
+                                    a href=(format!("/access/secret-keys/{}/roll", k.id)) { "Roll" span.visually-hidden { " " (k.name) } }
+                                    " "
+                                    a href=(format!("/access/secret-keys/{}/revoke", k.id)) { "Revoke" span.visually-hidden { " " (k.name) } }
                                 }
                             }
                         }
