@@ -113,6 +113,22 @@ pub fn unknown_parameter(name: &str, takes: &str) -> Error {
     )
 }
 
+/// A query string's `name=value` pairs, percent-decoded, in order; one that does not decode
+/// (or holds control characters) is a `400`.
+pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, Error> {
+    let bad = || Error::parameter("query", "The query string is not validly percent-encoded.");
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = keygate_core::scope::percent_decode(k).ok_or_else(bad)?;
+            let v = keygate_core::scope::percent_decode(v).ok_or_else(bad)?;
+            Ok((k.into_owned(), v.into_owned()))
+        })
+        .collect()
+}
+
 /// `limit` and `cursor` of a collection the server pages in memory: one an issuer holds few of
 /// (users, invitations, secret keys), read whole and shown newest first.
 #[derive(Debug, Clone)]
@@ -130,13 +146,8 @@ impl Paging {
             limit: DEFAULT_LIMIT,
             after: None,
         };
-        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let bad =
-                || Error::parameter("query", "The query string is not validly percent-encoded.");
-            let k = keygate_core::scope::percent_decode(k).ok_or_else(bad)?;
-            let v = keygate_core::scope::percent_decode(v).ok_or_else(bad)?;
-            match k.as_ref() {
+        for (k, v) in query_pairs(raw)? {
+            match k.as_str() {
                 "limit" => paging.limit = parse_limit(&v)?,
                 "cursor" => {
                     let bad = || Error::parameter("cursor", "the cursor is not one keygate issued");

@@ -37,10 +37,9 @@ fn resource(e: &AuditEvent) -> Value {
 fn parse_query(raw: Option<&str>) -> Result<(u32, Option<i64>), Error> {
     let mut limit = DEFAULT_LIMIT;
     let mut cursor = None;
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "limit" => limit = parse_limit(v)?,
+    for (k, v) in crate::jsonapi::query_pairs(raw)? {
+        match k.as_str() {
+            "limit" => limit = parse_limit(&v)?,
             "cursor" => {
                 cursor = Some(v.parse().ok().filter(|n: &i64| *n > 0).ok_or_else(|| {
                     Error::parameter("cursor", "the cursor is not one keygate issued")

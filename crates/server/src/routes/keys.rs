@@ -101,14 +101,10 @@ fn parse_list_query(raw: Option<&str>, now: i64) -> Result<KeyQuery, Error> {
         limit: DEFAULT_LIMIT,
         now,
     };
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = || Error::parameter("query", "The query string is not validly percent-encoded.");
-        let k = keygate_core::scope::percent_decode(k).ok_or_else(bad)?;
-        let v = keygate_core::scope::percent_decode(v).ok_or_else(bad)?;
-        match k.as_ref() {
+    for (k, v) in crate::jsonapi::query_pairs(raw)? {
+        match k.as_str() {
             "filter[status]" => {
-                q.status = Some(match v.as_ref() {
+                q.status = Some(match v.as_str() {
                     "ACTIVE" => StatusFilter::Active,
                     "REVOKED" => StatusFilter::Revoked,
                     _ => {
