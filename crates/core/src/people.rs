@@ -83,7 +83,10 @@ pub struct UserService {
     ring: Arc<KeyRing>,
     limits: SessionLimits,
     throttle: SignInThrottle,
-    hashing: tokio::sync::Semaphore,
+    /// Caps concurrent argon2 hashes. The permit moves into the blocking job, so a client that
+    /// goes away does not free a place while its hash still runs (memory stays bounded by
+    /// `HASHING_AT_ONCE` × argon2's 19 MiB whatever clients do).
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl UserService {
@@ -101,7 +104,7 @@ impl UserService {
             ring,
             throttle: SignInThrottle::new(limits.throttle),
             limits,
-            hashing: tokio::sync::Semaphore::new(HASHING_AT_ONCE),
+            hashing: Arc::new(tokio::sync::Semaphore::new(HASHING_AT_ONCE)),
         }
     }
 
@@ -192,12 +195,9 @@ impl UserService {
         };
         let hashes: Vec<PasswordHashText> =
             candidates.iter().map(|u| u.password_hash.clone()).collect();
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| Error::Internal("password hashing closed".into()))?;
+        let permit = self.hashing_permit().await?;
         let matched = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             if hashes.is_empty() {
                 // Same work as a real check, so timing does not say whether the email exists.
                 if let Some(dummy) = DUMMY_HASH.as_ref() {
@@ -247,16 +247,23 @@ impl UserService {
         Ok(NewSession { user, id })
     }
 
+    /// A place among the concurrent hashes, to be moved into the blocking job that hashes.
+    async fn hashing_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.hashing)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Internal("password hashing closed".into()))
+    }
+
     /// Hashes a new password off the async workers, a few at a time.
     async fn hash_password(&self, password: Password) -> Result<PasswordHashText> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| Error::Internal("password hashing closed".into()))?;
-        tokio::task::spawn_blocking(move || password.hash())
-            .await
-            .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))?
+        let permit = self.hashing_permit().await?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            password.hash()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))?
     }
 
     /// The live session behind a cookie value, if any: used within the idle timeout, and

@@ -49,6 +49,32 @@ pub struct Config {
     /// ECDSA P-256 public keys (raw points) that sign leak reports (`POST /v1/leaks`), such as
     /// GitHub secret scanning's. None: leak reports are refused.
     pub leak_report_keys: Vec<Vec<u8>>,
+    /// Connection limits of every listener (main and proxy).
+    pub connections: ConnectionLimits,
+}
+
+/// What one client connection may hold, on every listener: nginx's defaults in spirit
+/// (`client_header_timeout`, `keepalive_timeout`, `worker_connections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Longest time to receive a request's whole head (request line and headers), from the
+    /// first byte or from the end of the previous answer.
+    pub header_read_timeout: Duration,
+    /// Longest time a kept-alive connection may sit with no request.
+    pub idle_timeout: Duration,
+    /// Most open connections per listener. At the cap, the oldest connection that is not in
+    /// the middle of a request is closed to make room; if every one is busy, the new one is.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 1024,
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -69,6 +95,7 @@ impl std::fmt::Debug for Config {
             .field("secure_cookies", &self.secure_cookies)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("leak_report_keys", &self.leak_report_keys.len())
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -142,6 +169,10 @@ struct FileConfig {
     proxy_listen: Option<String>,
     upstream: Option<String>,
     upstream_timeout: Option<DurationText>,
+    header_read_timeout: Option<DurationText>,
+    idle_timeout: Option<DurationText>,
+    max_connections: Option<usize>,
+    sign_in_tracked: Option<usize>,
     roles: Option<BTreeMap<String, RoleTable>>,
 }
 
@@ -403,11 +434,54 @@ pub fn load(
         raw.session_idle_timeout,
         Duration::from_secs(30 * 60),
     )?;
-    let sessions = SessionLimits {
+    let mut sessions = SessionLimits {
         idle_timeout: i64::try_from(session_idle_timeout.as_secs())
             .unwrap_or(i64::MAX)
             .max(60),
         ..SessionLimits::default()
+    };
+    let count =
+        |key: &str, env_name: &str, file: Option<usize>| -> Result<Option<usize>, ConfigError> {
+            let n = match env(env_name) {
+                Some(v) => Some(
+                    v.trim()
+                        .parse::<usize>()
+                        .map_err(|_| ConfigError(format!("{env_name}: {v:?} is not a number")))?,
+                ),
+                None => file,
+            };
+            if n == Some(0) {
+                return Err(ConfigError(format!("{key} must be at least 1")));
+            }
+            Ok(n)
+        };
+    if let Some(n) = count(
+        "sign_in_tracked",
+        "KEYGATE_SIGN_IN_TRACKED",
+        raw.sign_in_tracked,
+    )? {
+        sessions.throttle.tracked = n;
+    }
+    let defaults = ConnectionLimits::default();
+    let connections = ConnectionLimits {
+        header_read_timeout: interval(
+            "header_read_timeout",
+            "KEYGATE_HEADER_READ_TIMEOUT",
+            raw.header_read_timeout,
+            defaults.header_read_timeout,
+        )?,
+        idle_timeout: interval(
+            "idle_timeout",
+            "KEYGATE_IDLE_TIMEOUT",
+            raw.idle_timeout,
+            defaults.idle_timeout,
+        )?,
+        max_connections: count(
+            "max_connections",
+            "KEYGATE_MAX_CONNECTIONS",
+            raw.max_connections,
+        )?
+        .unwrap_or(defaults.max_connections),
     };
     let secure_cookies = match env("KEYGATE_SECURE_COOKIES") {
         Some(v) => matches!(v.as_str(), "1" | "true" | "yes"),
@@ -471,6 +545,7 @@ pub fn load(
         secure_cookies,
         trusted_proxies,
         leak_report_keys,
+        connections,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 pub mod error;
 pub mod jsonapi;
+pub mod listener;
 pub mod master_key;
 pub mod proxy;
 pub mod routes;

@@ -16,6 +16,7 @@ use keygate_core::store::Issuer;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError};
+use crate::listener::{self, ListenerShare};
 use crate::proxy::{self, Proxy};
 use crate::{AppState, app};
 
@@ -239,40 +240,43 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let main = axum::serve(
+    let listeners = if proxy.is_some() { 2 } else { 1 };
+    let main = listener::serve(
         listener,
-        app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
+        app(state.clone()),
+        config.connections,
+        ListenerShare {
+            listeners,
+            files_per_connection: 1,
+        },
+        stop_rx.clone(),
+    );
     let proxied = async {
-        match proxy {
-            Some((l, _, p, _)) => {
-                axum::serve(
-                    l,
-                    proxy::router(state.clone(), p)
-                        .into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .await
-            }
-            None => Ok(()),
+        if let Some((l, _, p, _)) = proxy {
+            listener::serve(
+                l,
+                proxy::router(state.clone(), p),
+                config.connections,
+                // Each client connection may hold an upstream connection beside it.
+                ListenerShare {
+                    listeners,
+                    files_per_connection: 2,
+                },
+                stop_rx.clone(),
+            )
+            .await;
         }
     };
     let signal = async {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     };
-    let (served, proxied, ()) = tokio::join!(main, proxied, signal);
+    let ((), (), ()) = tokio::join!(main, proxied, signal);
     // Usage metered since the last flush is written before the process ends.
     if let Err(e) = state.keys.flush_usage(state.gate.meter()).await {
         tracing::warn!(error = %e, "final usage flush failed");
     }
-    served
-        .and(proxied)
-        .map_err(|e| ConfigError(format!("server error: {e}")))
+    Ok(())
 }
 
 async fn shutdown_signal() {
