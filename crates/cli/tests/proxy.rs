@@ -352,3 +352,180 @@ async fn an_unreachable_upstream_is_a_502_in_the_error_shape() {
     assert!(doc["errors"][0]["id"].is_string());
     drop(held);
 }
+
+/// A raw upstream that records each request head it reads (request line and headers, as
+/// sent) and answers `/api/framing` with a stale `Content-Length` beside chunked framing, any
+/// other path with `ok`.
+async fn raw_upstream() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let framing = head.starts_with("GET /api/framing ");
+                    log.lock().unwrap().push(head);
+                    let answer: &[u8] = if framing {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    };
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/api"), seen)
+}
+
+/// Sends `request` as raw bytes on a new connection and returns the status and the whole
+/// answer (the request should say `Connection: close`).
+async fn raw_request(addr: &str, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// The upstream gets exactly the target keygate checked, inside the prefix, for every key and
+/// every policy (here an admin key under an open policy, where no rule parses the path);
+/// targets that servers could read differently, transfer codings other than `chunked` alone
+/// and method overrides are refused in the error shape; answers are framed as the upstream
+/// framed them; the client's claims of address, scheme and keygate's own cookies do not reach
+/// the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_forwards_exactly_what_it_checked() {
+    let (upstream, seen) = raw_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &["--proxy-listen", "127.0.0.1:0", "--upstream", &upstream],
+        &[],
+    );
+    let proxy = server.proxy.clone().unwrap();
+    let addr = proxy.trim_start_matches("http://").to_owned();
+    let admin = bootstrap(&server, &dir.path().join("out"));
+    let token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
+    wait_until_accepted(&server, &token).await;
+    let get = |target: &str, extra: &str| {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
+        )
+        .into_bytes()
+    };
+
+    let (status, _) = raw_request(&addr, &get("/v1/echo/a?x=1", "")).await;
+    assert_eq!(status, 200);
+    assert!(
+        seen.lock().unwrap()[0].starts_with("GET /api/v1/echo/a?x=1 HTTP/1.1"),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+
+    for target in [
+        "/../internal/secrets",
+        "/%2e%2e/internal/secrets",
+        "/%2E%2E/internal",
+        "/v1/../../x",
+        "/./../x",
+        "/v1/echo/..;/x",
+        "/v1/echo/%252e%252e/x",
+        "//internal",
+        "/v1/echo/%EF%BC%8E%EF%BC%8E/x",
+        "/v1/echo/a%2f..%2f..%2fx",
+        "http://127.0.0.1:1/../internal",
+    ] {
+        let before = seen.lock().unwrap().len();
+        let (status, text) = raw_request(&addr, &get(target, "")).await;
+        assert_eq!(status, 400, "{target}: {text}");
+        assert!(text.contains("\"errors\""), "{target}: {text}");
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            before,
+            "{target} reached the upstream"
+        );
+    }
+
+    // Framing: only `chunked` alone is a transfer coding that is forwarded.
+    let before = seen.lock().unwrap().len();
+    let coded = format!(
+        "POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let (status, text) = raw_request(&addr, coded.as_bytes()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("Transfer-Encoding"), "{text}");
+    assert_eq!(seen.lock().unwrap().len(), before);
+    // A stale Content-Length beside chunked framing in the answer: the client gets the body.
+    let (status, text) = raw_request(&addr, &get("/framing", "")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.ends_with("hello") || text.contains("\r\n\r\n5\r\nhello"),
+        "{text}"
+    );
+    assert!(
+        !text.to_ascii_lowercase().contains("content-length: 3"),
+        "{text}"
+    );
+
+    // A method override would run another method than the one checked.
+    for name in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ] {
+        let before = seen.lock().unwrap().len();
+        let (status, _) =
+            raw_request(&addr, &get("/v1/echo/a", &format!("{name}: DELETE\r\n"))).await;
+        assert_eq!(status, 400, "{name}");
+        assert_eq!(seen.lock().unwrap().len(), before);
+    }
+
+    // The client's address and scheme claims, and keygate's own cookies, stop here.
+    let (status, _) = raw_request(
+        &addr,
+        &get(
+            "/v1/echo/claims",
+            "X-Real-IP: 10.9.9.9\r\nX-Forwarded-Proto: https\r\nCookie: keygate_session=s3cr3t; theirs=1; keygate_form=f\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let head = seen.lock().unwrap().last().unwrap().to_ascii_lowercase();
+    assert!(head.contains("x-real-ip: 127.0.0.1"), "{head}");
+    assert!(!head.contains("10.9.9.9"), "{head}");
+    assert!(head.contains("x-forwarded-proto: http\r\n"), "{head}");
+    assert!(head.contains("cookie: theirs=1"), "{head}");
+    assert!(
+        !head.contains("keygate_session") && !head.contains("keygate_form"),
+        "{head}"
+    );
+}

@@ -257,7 +257,10 @@ where
                 path: uri.path(),
                 query: uri.query().unwrap_or(""),
             };
-            match bearer(req.headers()) {
+            let headers = req.headers();
+            match keygate_core::gate::refuse_method_override(|n| headers.contains_key(n))
+                .and_then(|()| bearer(headers))
+            {
                 Ok(token) => self
                     .gate
                     .check(token, &target)

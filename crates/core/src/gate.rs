@@ -72,6 +72,34 @@ pub struct Refused {
     pub rate: Option<RateState>,
 }
 
+/// The first rule of every way in, before the credential: a target that servers could read
+/// differently is refused (400), whatever the key and the policy.
+fn unambiguous(target: &RequestTarget<'_>) -> Result<(), Refused> {
+    target.check_unambiguous().map_err(|detail| Refused {
+        error: Error::parameter("path", detail),
+        rate: None,
+    })
+}
+
+/// Headers with which some frameworks let a client replace the request's method. The method
+/// checked must be the method run, so every way in refuses a request that carries one.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// `Err` (400) when `has_header` finds any of [`METHOD_OVERRIDE_HEADERS`].
+pub fn refuse_method_override(has_header: impl Fn(&str) -> bool) -> Result<(), Error> {
+    match METHOD_OVERRIDE_HEADERS.iter().find(|n| has_header(n)) {
+        Some(name) => Err(Error::parameter(
+            name,
+            format!("{name} is not accepted: the method checked must be the method the API runs."),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Verification plus metering.
 #[derive(Debug, Clone)]
 pub struct Gate {
@@ -136,6 +164,7 @@ impl Gate {
         token: &str,
         target: &RequestTarget<'_>,
     ) -> Result<(Identity, u32), Refused> {
+        unambiguous(target)?;
         let verified = self
             .verifier
             .verify_credential(token)
@@ -159,6 +188,7 @@ impl Gate {
         caller: &Caller<'_>,
         target: &RequestTarget<'_>,
     ) -> Result<(Identity, u32), Refused> {
+        unambiguous(target)?;
         let key = self.verifier.verify_secret(secret).map_err(|e| Refused {
             error: Error::Unauthenticated(e),
             rate: None,

@@ -18,9 +18,10 @@ pub struct RequestTarget<'a> {
 }
 
 impl<'a> RequestTarget<'a> {
-    /// Splits an origin-form URI (`/path?query`) as sent in `X-Original-URI`.
+    /// Splits an origin-form URI (`/path?query`) as sent in `X-Original-URI`. A `#` is kept
+    /// where it stands (never trimmed), so [`Self::check_unambiguous`] refuses it: a gateway
+    /// forwards the raw target, fragment and all.
     pub fn from_uri(method: &'a str, uri: &'a str) -> Self {
-        let uri = uri.split_once('#').map_or(uri, |(u, _)| u);
         let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
         Self {
             method,
@@ -28,7 +29,68 @@ impl<'a> RequestTarget<'a> {
             query,
         }
     }
+
+    /// Whether this target means one thing to every server that may read it: keygate, a
+    /// gateway in front, and the upstream behind (which may decode twice, resolve dot segments,
+    /// read `;` as a parameter, fold fullwidth characters, or merge slashes). Every way in
+    /// refuses a target that does not pass, for every key and every policy, before anything
+    /// is decided; so what keygate checks is what the upstream gets, and a proxy prefix cannot
+    /// be escaped. `Err` says what is wrong, for the error's detail.
+    pub fn check_unambiguous(&self) -> Result<(), &'static str> {
+        if self.path.len() + self.query.len() > MAX_TARGET_BYTES {
+            return Err("The request target is longer than 8192 bytes.");
+        }
+        if !self.path.starts_with('/') {
+            return Err("The request path must start with /.");
+        }
+        if self.path.contains('#') || self.query.contains('#') {
+            return Err("The request target holds a #; a fragment is never sent to a server.");
+        }
+        let Some(path) = RequestPath::parse(self.path) else {
+            return Err(
+                "The request path has a dot segment, an encoded / or \\, a ;, a control character or a malformed escape.",
+            );
+        };
+        let segs = path.segments();
+        let interior = segs.len().saturating_sub(1);
+        for (i, seg) in segs.iter().enumerate() {
+            if seg.is_empty() && i < interior {
+                return Err("The request path has an empty segment (//).");
+            }
+            if seg.contains('%') {
+                return Err("The request path is encoded twice (an escaped %).");
+            }
+            if seg.contains(LOOKALIKES) {
+                return Err("The request path has a character that some servers read as . or /.");
+            }
+        }
+        if self
+            .query
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ')
+        {
+            return Err("The query has a control character or a space.");
+        }
+        Ok(())
+    }
 }
+
+/// Longest request target (path and query) any way in accepts, as nginx's default
+/// `large_client_header_buffers`.
+pub const MAX_TARGET_BYTES: usize = 8192;
+
+/// Characters that Unicode normalization (NFKC, as some servers and frameworks apply) turns
+/// into `.`, `/` or `\`.
+const LOOKALIKES: [char; 8] = [
+    '\u{FF0E}', // fullwidth full stop
+    '\u{FF0F}', // fullwidth solidus
+    '\u{FF3C}', // fullwidth reverse solidus
+    '\u{2024}', // one dot leader
+    '\u{2215}', // division slash
+    '\u{2044}', // fraction slash
+    '\u{FE52}', // small full stop
+    '\u{FE68}', // small reverse solidus
+];
 
 /// A request path decoded once into segments, or `None` when it must match no rule and no
 /// scope: malformed escapes, dot segments, an encoded `/`, a `\\`, or a `;` (some servers read
@@ -42,7 +104,7 @@ impl RequestPath {
         let mut segs = Vec::new();
         for raw in rest.split('/') {
             let seg = percent_decode(raw)?;
-            if seg == "." || seg == ".." || seg.contains(['/', '\\', ';']) {
+            if seg == "." || seg == ".." || seg.contains(['/', '\\', ';', '#']) {
                 return None;
             }
             segs.push(seg.into_owned());
@@ -102,7 +164,13 @@ impl ScopeEntry {
 
 /// The query as a sorted multiset of decoded pairs without the paging parameters; `None` if
 /// anything in it does not decode.
+///
+/// A raw `;` also fails: some servers read it as a separator like `&`, so
+/// `?limit=1;filter=MAC&filter=IOS` would mean another query to them than to keygate.
 fn normalized_query(query: &str) -> Option<Vec<(String, String)>> {
+    if query.contains([';', '#']) {
+        return None;
+    }
     let mut pairs = Vec::new();
     for p in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
@@ -201,6 +269,77 @@ mod tests {
         check("GET /v1/r/a", "GET", "/v1/r/x/../a", false);
         check("GET /v1/r/a", "GET", "/v1/r/a;x=1", false);
         assert!(ScopeEntry::parse("GET /v1/r/..;/admin").is_none());
+    }
+
+    /// The hostile table of every way in (the differential tests send it through real
+    /// gateways): each is refused before any key or policy is looked at.
+    #[test]
+    fn ambiguous_targets_are_refused_for_every_key() {
+        let refused = [
+            "/../internal",
+            "/./../x",
+            "/v1/../../x",
+            "/v1/echo/%2e%2e/admin",
+            "/v1/echo/%2E%2e/admin",
+            "/v1/echo/.%2e/admin",
+            "/v1/echo/%252e%252e/admin",
+            "/v1/echo/a%2fb",
+            "/v1/echo/a%5cb",
+            "/v1/echo/a\\b",
+            "/v1/echo/x%00",
+            "/v1/apps/x#/../../../admin",
+            "/v1/apps/x?a=1#/../admin",
+            "/v1/echo/..;/admin",
+            "/v1/echo;x=1",
+            "//admin",
+            "/v1//echo",
+            "/v1/echo/%EF%BC%8E%EF%BC%8E/admin",
+            "/v1/echo/%c0%ae%c0%ae/admin",
+            "/v1/echo/%",
+            "v1/echo",
+            "",
+        ];
+        for uri in refused {
+            assert!(
+                RequestTarget::from_uri("GET", uri)
+                    .check_unambiguous()
+                    .is_err(),
+                "{uri:?} must be refused"
+            );
+        }
+        let long = format!("/v1/{}", "a".repeat(MAX_TARGET_BYTES));
+        assert!(
+            RequestTarget::from_uri("GET", &long)
+                .check_unambiguous()
+                .is_err()
+        );
+        for uri in [
+            "/",
+            "/v1/echo/a",
+            "/v1/echo/a/",
+            "/v1/echo/a?x=1&y=%2F",
+            "/v1/apps/%C3%A9",
+            "/v1/echo/a.b/..c",
+        ] {
+            assert_eq!(
+                RequestTarget::from_uri("GET", uri).check_unambiguous(),
+                Ok(()),
+                "{uri:?} must pass"
+            );
+        }
+    }
+
+    /// `;` is a separator to some servers: a scope naming query parameters matches no query
+    /// that holds one.
+    #[test]
+    fn a_semicolon_in_the_query_matches_no_scope() {
+        check(
+            "GET /v1/apps?filter[platform]=IOS",
+            "GET",
+            "/v1/apps?limit=1;filter[platform]=MAC&filter[platform]=IOS",
+            false,
+        );
+        check("GET /v1/apps?q=a%3Bb", "GET", "/v1/apps?q=a%3Bb", true);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keygate_core::gate::{Admitted, Identity, Refused};
+use keygate_core::gate::{Admitted, Identity, Refused, refuse_method_override};
 use keygate_core::meter::RateState;
 use keygate_core::scope::RequestTarget;
 use keygate_core::secret_key::{Caller, IpRange, canonical};
@@ -89,6 +89,7 @@ pub fn check(
     peer: Option<IpAddr>,
     target: &RequestTarget<'_>,
 ) -> Result<Admitted, Response> {
+    refuse_method_override(|n| headers.contains_key(n)).map_err(|e| ApiError(e).into_response())?;
     match credential(headers) {
         Ok(Credential::Token(token)) => state.gate.check(token, target).map_err(refusal),
         Ok(Credential::SecretKey(secret)) => {
@@ -149,6 +150,9 @@ pub fn recheck(
     peer: Option<IpAddr>,
     target: &RequestTarget<'_>,
 ) -> Response {
+    if let Err(e) = refuse_method_override(|n| headers.contains_key(n)) {
+        return ApiError(e).into_response();
+    }
     let decision = match credential(headers) {
         Ok(Credential::Token(token)) => state.gate.recheck(token, target),
         Ok(Credential::SecretKey(secret)) => {

@@ -90,6 +90,16 @@ async fn forward(
     req: Request,
 ) -> Response {
     let (mut parts, body) = req.into_parts();
+    // Framing the upstream could read differently from hyper is refused, not rewritten: only
+    // `chunked` alone is a transfer coding keygate forwards (RFC 9112 §6.1).
+    if !transfer_coding_is_plain(&parts.headers) {
+        return own_error(
+            StatusCode::BAD_REQUEST,
+            "PARAMETER_ERROR.INVALID",
+            "A parameter has an invalid value.",
+            "Transfer-Encoding other than chunked alone is not accepted; send the body with Content-Length or chunked.",
+        );
+    }
     // A target that cannot be forwarded is refused before anything is counted.
     let Some(uri) = proxy.upstream_uri(&parts.uri) else {
         return own_error(
@@ -119,8 +129,14 @@ async fn forward(
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove("x-api-key");
+    strip_keygate_cookies(headers);
     dataplane::set_identity(headers, &admitted.identity);
-    append_forwarded(headers, peer, original_host);
+    let trusted_peer = state
+        .trusted_proxies
+        .iter()
+        .any(|r| r.contains(keygate_core::secret_key::canonical(peer.ip())));
+    let client = dataplane::client_ip(&state.trusted_proxies, headers, Some(peer.ip()));
+    append_forwarded(headers, peer, original_host, trusted_peer, client);
     if chunked && !headers.contains_key(header::CONTENT_LENGTH) {
         headers.insert(
             header::TRANSFER_ENCODING,
@@ -137,6 +153,11 @@ async fn forward(
     let mut resp = match sent {
         Ok(Ok(resp)) => {
             let mut resp = resp.map(Body::new);
+            // An answer framed by Transfer-Encoding has no length of its own: a Content-Length
+            // beside it is stale (RFC 9112 §6.3), and hyper frames the body it actually read.
+            if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             strip_hop_by_hop(resp.headers_mut());
             resp
         }
@@ -183,9 +204,64 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-/// `X-Forwarded-For` (appended), `-Host` and `-Proto`, as an upstream behind a proxy expects;
-/// `Forwarded` is removed.
-fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<HeaderValue>) {
+/// Whether the request's `Transfer-Encoding` (if any) is `chunked` alone.
+fn transfer_coding_is_plain(headers: &HeaderMap) -> bool {
+    let mut codings = 0;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(text) = value.to_str() else {
+            return false;
+        };
+        for coding in text.split(',') {
+            codings += 1;
+            if !coding.trim().eq_ignore_ascii_case("chunked") {
+                return false;
+            }
+        }
+    }
+    codings <= 1
+}
+
+/// keygate's own cookies (the web UI's session and form cookies) are for keygate alone: they
+/// are removed from the `Cookie` header; other cookies pass unchanged.
+fn strip_keygate_cookies(headers: &mut HeaderMap) {
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    if values.is_empty() {
+        return;
+    }
+    let ours = |pair: &str| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+        name.starts_with("keygate_") || name.starts_with("__Host-keygate_")
+    };
+    headers.remove(header::COOKIE);
+    for value in values {
+        let Ok(text) = value.to_str() else {
+            // Not text: it cannot be inspected, so it is not passed on.
+            continue;
+        };
+        let kept: Vec<&str> = text
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !ours(p))
+            .collect();
+        if !kept.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        {
+            headers.append(header::COOKIE, v);
+        }
+    }
+}
+
+/// `X-Forwarded-For` (appended), `-Host` and `-Proto`, and `X-Real-IP`, as an upstream behind
+/// a proxy expects; `Forwarded` is removed. `X-Real-IP` is the client address keygate itself
+/// decided on (the one IP restrictions checked), never the client's own claim; a client's
+/// `X-Forwarded-Proto` stands only when the peer is a trusted proxy.
+fn append_forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    host: Option<HeaderValue>,
+    trusted_peer: bool,
+    client: Option<std::net::IpAddr>,
+) {
     let ip = peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
@@ -198,10 +274,14 @@ fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<Head
     if let Some(host) = host {
         headers.insert("x-forwarded-host", host);
     }
-    // Behind a TLS terminator (the recommended setup) the terminator's `X-Forwarded-Proto`
-    // stands; otherwise the client spoke plain HTTP to keygate.
-    if !headers.contains_key("x-forwarded-proto") {
+    // Behind a trusted TLS terminator (the recommended setup) its `X-Forwarded-Proto` stands;
+    // otherwise the client spoke plain HTTP to keygate, whatever it claims.
+    if !trusted_peer || !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    headers.remove("x-real-ip");
+    if let Some(v) = client.and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok()) {
+        headers.insert("x-real-ip", v);
     }
     // keygate does not maintain RFC 7239 `Forwarded`; a client's own would be unvouched for.
     headers.remove(header::FORWARDED);
