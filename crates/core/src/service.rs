@@ -221,7 +221,8 @@ impl Verifier {
         target: &RequestTarget<'_>,
         source_ip: Option<IpAddr>,
     ) -> Result<Principal> {
-        let verified = self.verify(token)?;
+        let verified = self.verify_credential(token)?;
+        verified.check_short_lived(&self.rules)?;
         verified.check_scope(target)?;
         Ok(Principal {
             issuer_id: verified.key.issuer_id,
@@ -564,23 +565,13 @@ impl KeyService {
         id: &str,
         reason: Option<&str>,
     ) -> Result<ApiKey> {
+        // The scope decides: an admin may revoke any key of the issuer (another person's
+        // individual key included: the remedy for a compromised one); anyone else only their own.
+        // Only the download is owner-only.
         let key = self.get_key(scope, id).await?;
-        if !key.downloadable_by(scope.principal().user_id) {
-            return Err(Error::forbidden(
-                ForbiddenReason::RoleNotAllowed,
-                "Only its owner can download an individual key's private key; an admin may revoke it.",
-            ));
-        }
         let id = key.id;
         let admin = scope;
-        if let Some(r) = reason
-            && r.chars().count() > MAX_REASON_CHARS
-        {
-            return Err(Error::attribute(
-                "revokeReason",
-                format!("revokeReason is at most {MAX_REASON_CHARS} characters."),
-            ));
-        }
+        validate_reason(reason)?;
         let now = self.clock.now();
         let audit = NewAuditEvent::new(
             admin.issuer_id(),
@@ -652,6 +643,33 @@ impl KeyService {
     pub async fn sync_keys(&self) -> Result<usize> {
         self.ring.sync_from(self.store.as_ref()).await
     }
+}
+
+/// A revoke reason: at most 500 characters, and no control character but a line break or a
+/// tab (a NUL, among others, could not be stored on PostgreSQL).
+pub(crate) fn validate_reason(reason: Option<&str>) -> Result<()> {
+    let Some(r) = reason else {
+        return Ok(());
+    };
+    if r.chars().count() > MAX_REASON_CHARS {
+        return Err(Error::attribute(
+            "revokeReason",
+            format!("revokeReason is at most {MAX_REASON_CHARS} characters."),
+        ));
+    }
+    if r.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(Error::attribute(
+            "revokeReason",
+            "revokeReason must not contain control characters.",
+        ));
+    }
+    Ok(())
+}
+
+/// Text from outside that is only recorded (a leak report's source and URL): control
+/// characters dropped, at most `max` characters kept.
+pub(crate) fn recordable(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 pub(crate) fn validate_name(name: &str) -> Result<String> {

@@ -986,6 +986,41 @@ async fn a_client_cannot_choose_what_authz_checks() {
         ],
     )
     .await;
+    // What the gateway forwards is the raw target: a `#` in it is refused, never trimmed (nginx
+    // would send `/v1/apps/x#/../../../admin` upstream whole); so are targets that servers
+    // decode differently, and method overrides, whatever the key's role allows.
+    let fragment = [
+        ("x-original-method", "GET"),
+        ("x-original-uri", "/v1/apps/x#/../../../admin"),
+    ];
+    let dotted = [
+        ("x-original-method", "GET"),
+        ("x-original-uri", "/v1/apps/%2e%2e/%2e%2e/admin"),
+    ];
+    let doubled = [
+        ("x-original-method", "GET"),
+        ("x-original-uri", "/v1/apps//x"),
+    ];
+    let overridden = [
+        ORIG_GET[0],
+        ORIG_GET[1],
+        ("x-http-method-override", "DELETE"),
+    ];
+    authz_with_headers(
+        ForwardAuthHeaders::Nginx,
+        &[
+            (
+                &fragment,
+                StatusCode::BAD_REQUEST,
+                "a # is refused, not trimmed",
+            ),
+            (&dotted, StatusCode::BAD_REQUEST, "encoded dot segments"),
+            (&doubled, StatusCode::BAD_REQUEST, "an empty segment"),
+            (&overridden, StatusCode::BAD_REQUEST, "a method override"),
+            (&ORIG_GET, StatusCode::OK, "the same request without them"),
+        ],
+    )
+    .await;
     authz_with_headers(
         ForwardAuthHeaders::Traefik,
         &[
@@ -1403,4 +1438,78 @@ async fn a_revoked_keys_cached_token_is_refused_on_the_next_request() {
         "KEY_REVOKED",
     )
     .await;
+}
+
+/// A policy's `long_lived` paths are for the protected API: one that overlaps keygate's own
+/// `/v1` routes does not open keygate's management API to a token that lives for months.
+#[tokio::test]
+async fn keygates_own_api_takes_no_long_lived_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[roles.ADMIN]\nallow = [\"GET /v1/**\"]\nlong_lived = [\"GET /v1/**\"]\n",
+    )
+    .unwrap();
+    let h = harness_with(|c| {
+        c.policy = config::load(Some(&policy), &|_| None, &Overrides::default())
+            .unwrap()
+            .policy;
+    })
+    .await;
+    let now = h.clock.now_secs();
+    let long = h.token_for(
+        &h.admin.0,
+        &h.admin.1,
+        json!({"exp": now + 30 * 86_400, "scope": ["GET /v1/apiKeys"]}),
+    );
+    // The protected API takes it, as the policy says.
+    assert_eq!(
+        h.call("GET", "/authz/v1/apiKeys", Some(&long), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // keygate's own API does not.
+    let (status, doc) = h.call("GET", "/v1/apiKeys", Some(&long), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{doc}");
+    assert_eq!(error_code(&doc).1, Some("LIFETIME_TOO_LONG"));
+    let (status, _) = h
+        .call("GET", "/v1/apiKeys", Some(&h.admin_token()), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Text that could not be stored (a NUL, on PostgreSQL) or that would steer a reader is refused
+/// in a revoke reason with App Store Connect's 409 `ENTITY_ERROR.ATTRIBUTE.INVALID` that points
+/// at the field, and nothing changes.
+#[tokio::test]
+async fn a_revoke_reason_with_control_characters_is_refused() {
+    let h = harness().await;
+    let (id, _) = h.key_with_roles(&["DEVELOPER"]).await;
+    for reason in ["bad\u{0}reason", "bell\u{7}", "esc\u{1b}[31m"] {
+        let (status, doc) = h
+            .call(
+                "PATCH",
+                &format!("/v1/apiKeys/{id}"),
+                Some(&h.admin_token()),
+                Some(json!({"data": {"type": "apiKeys", "id": id, "attributes": {"isActive": false, "revokeReason": reason}}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{reason:?}: {doc}");
+        assert_eq!(
+            doc["errors"][0]["source"]["pointer"],
+            "/data/attributes/revokeReason"
+        );
+    }
+    let (status, doc) = h
+        .call(
+            "GET",
+            &format!("/v1/apiKeys/{id}"),
+            Some(&h.admin_token()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["data"]["attributes"]["isActive"], true, "{doc}");
 }

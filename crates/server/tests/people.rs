@@ -1065,6 +1065,82 @@ async fn an_individual_keys_private_half_goes_to_its_owner_alone() {
     assert!(String::from_utf8_lossy(&pem).starts_with("-----BEGIN "));
 }
 
+/// Permission matrix: an admin revokes another person's individual key, through the API (with
+/// a team key or as a signed-in admin) and through the web UI, the remedy for a compromised
+/// one; the download stays owner-only. A revoked key is refused at once.
+#[tokio::test]
+async fn an_admin_revokes_another_persons_individual_key() {
+    let h = Harness::new().await;
+    let (_, holder) = h.account_holder().await;
+    let (_, dev) = h.user("dev@example.com", "DEVELOPER").await;
+    let (_, other) = h.user("other@example.com", "DEVELOPER").await;
+    let revoke = json!({"data": {"type": "apiKeys", "attributes": {"isActive": false, "revokeReason": "compromised"}}});
+    for admin in [h.admin_cred(), holder.clone()] {
+        let key = h.individual_key(&dev).await;
+        let Cred::Individual(kid, _) = &key else {
+            unreachable!()
+        };
+        // Another non-admin person cannot see it, let alone revoke it.
+        let (status, _) = h
+            .call(
+                &other,
+                "PATCH",
+                &format!("/v1/apiKeys/{kid}"),
+                Some(revoke.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, doc) = h
+            .call(
+                &admin,
+                "PATCH",
+                &format!("/v1/apiKeys/{kid}"),
+                Some(revoke.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{doc}");
+        assert_eq!(doc["data"]["attributes"]["isActive"], false, "{doc}");
+        assert_eq!(doc["data"]["attributes"]["revokeReason"], "compromised");
+        let (status, doc) = h.call(&key, "GET", "/v1/apiKeys", None).await;
+        assert_eq!(
+            (status, reason(&doc)),
+            (StatusCode::UNAUTHORIZED, "KEY_REVOKED")
+        );
+    }
+    // The web UI's Revoke, as the Account Holder, on the developer's key.
+    let key = h.individual_key(&dev).await;
+    let Cred::Individual(kid, _) = &key else {
+        unreachable!()
+    };
+    let Cred::Session(cookie, csrf) = &holder else {
+        unreachable!()
+    };
+    let (status, headers, body) = h
+        .send(
+            Request::post(format!("/access/keys/{kid}/revoke"))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(header::COOKIE, format!("keygate_session={cookie}"))
+                .body(Body::from(format!("csrf_token={csrf}&reason=lost+laptop")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        headers[header::LOCATION],
+        format!("/access/integrations?revoked={kid}").as_str()
+    );
+    let (status, doc) = h.call(&key, "GET", "/v1/apiKeys", None).await;
+    assert_eq!(
+        (status, reason(&doc)),
+        (StatusCode::UNAUTHORIZED, "KEY_REVOKED")
+    );
+}
+
 #[tokio::test]
 async fn individual_keys_act_for_their_user() {
     let h = Harness::new().await;

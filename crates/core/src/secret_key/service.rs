@@ -139,12 +139,7 @@ impl SecretKeyService {
         reason: Option<&str>,
     ) -> Result<SecretKey> {
         let id = parse_id(id)?;
-        if reason.is_some_and(|r| r.chars().count() > 500) {
-            return Err(Error::attribute(
-                "revokeReason",
-                "revokeReason is at most 500 characters.",
-            ));
-        }
+        crate::service::validate_reason(reason)?;
         let now = self.clock.now();
         let audit = NewAuditEvent::new(
             admin.issuer_id(),
@@ -258,13 +253,13 @@ impl SecretKeyService {
                 )
                 .from_ip(source_ip)
                 .with_detail(json!({
-                    "url": url.chars().take(500).collect::<String>(),
-                    "source": source.chars().take(100).collect::<String>(),
+                    "url": crate::service::recordable(url, 500),
+                    "source": crate::service::recordable(source, 100),
                     "alreadyRevoked": key.is_revoked(),
                 }));
                 let reason = format!(
                     "leaked: reported by secret scanning ({})",
-                    source.chars().take(100).collect::<String>()
+                    crate::service::recordable(source, 100)
                 );
                 if key.is_revoked() {
                     // Nothing to change, but the report itself is on record.

@@ -90,6 +90,22 @@ impl VerifiedToken {
         ))
     }
 
+    /// keygate's own management API takes no long-lived token, whatever the policy's
+    /// `long_lived` paths say: they are for the protected API, and a path there that overlaps
+    /// `/v1/...` must not open keygate's key listing to a token that lives for months.
+    pub fn check_short_lived(&self, rules: &TokenRules) -> Result<(), AuthFailure> {
+        match self.long_lifetime {
+            None => Ok(()),
+            Some(lifetime) => Err(fail(
+                AuthReason::LifetimeTooLong,
+                format!(
+                    "The token lives {lifetime} s; keygate's own API takes tokens of at most {} s.",
+                    rules.max_lifetime
+                ),
+            )),
+        }
+    }
+
     /// The token's own restriction: with a `scope`, the request must match one entry.
     pub fn check_scope(&self, target: &RequestTarget<'_>) -> Result<(), Error> {
         match &self.scope {

@@ -948,3 +948,43 @@ fn the_token_cache_is_safe_and_bounded() {
     }
     assert!(verifier.token_cache().len() > 64, "the cache is in use");
 }
+
+/// ECDSA signatures are malleable: `(r, s)` and `(r, n - s)` both verify. keygate accepts
+/// either (RFC 7518 asks for no low-S form, and JWT libraries emit both), and so relies on
+/// nothing that the signature bytes would decide: the malleated token names the same key and
+/// claims, so every rule keyed on them (scope, the `jti` of single-use tokens) sees the same
+/// token.
+#[test]
+fn a_malleated_signature_is_the_same_token_to_every_rule() {
+    use base64::Engine as _;
+    const N: [u8; 32] = [
+        0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+        0xFF, 0xBC, 0xE6, 0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63,
+        0x25, 0x51,
+    ];
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let f = fixture();
+    let once = json!({"iss": f.issuer, "aud": "keygate-v1", "exp": NOW + 600, "jti": "once"});
+    let token = sign_jwt(&f.team.1, f.team.0.as_str(), &once).unwrap();
+    let (signed, sig) = token.rsplit_once('.').unwrap();
+    let mut sig = b64.decode(sig).unwrap();
+    assert_eq!(sig.len(), 64);
+    // s' = n - s, big-endian.
+    let low: Vec<u8> = sig[32..].to_vec();
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut d = i16::from(N[i]) - i16::from(low[i]) - borrow;
+        borrow = i16::from(d < 0);
+        if d < 0 {
+            d += 256;
+        }
+        sig[32 + i] = u8::try_from(d).unwrap();
+    }
+    let malleated = format!("{signed}.{}", b64.encode(&sig));
+    assert_ne!(malleated, token);
+    let a = verify(&token, &f.ring, &f.policy, &f.rules, NOW).unwrap();
+    let b = verify(&malleated, &f.ring, &f.policy, &f.rules, NOW).unwrap();
+    assert_eq!(a.key.id, b.key.id);
+    assert_eq!(a.jti, b.jti);
+    assert_eq!(a.expires_at, b.expires_at);
+}
