@@ -660,6 +660,18 @@ pub fn describe(config: &Config) -> String {
         .collect();
     let _ = writeln!(
         out,
+        "connections            at most {} per listener; headers within {} s; idle {} s",
+        config.connections.max_connections,
+        config.connections.header_read_timeout.as_secs(),
+        config.connections.idle_timeout.as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "sign_in_tracked        {} accounts and addresses (full: refused, never uncounted)",
+        config.sessions.throttle.tracked
+    );
+    let _ = writeln!(
+        out,
         "trusted_proxies        {}; leak report keys: {}",
         if proxies.is_empty() {
             "none (X-Forwarded-For is ignored)".to_owned()
@@ -800,6 +812,26 @@ mod tests {
         let c = load(Some(&path), &no_env, &Overrides::default()).unwrap();
         assert!(c.policy.is_enforced());
         assert!(describe(&c).contains("long_lived GET /v1/ciProducts/**"));
+        assert_eq!(c.connections, ConnectionLimits::default());
+        assert_eq!(c.sessions.throttle.tracked, 100_000);
+    }
+
+    #[test]
+    fn connection_limits_come_from_the_environment() {
+        let env = |k: &str| match k {
+            "KEYGATE_HEADER_READ_TIMEOUT" => Some("2s".to_owned()),
+            "KEYGATE_IDLE_TIMEOUT" => Some("1500ms".to_owned()),
+            "KEYGATE_MAX_CONNECTIONS" => Some("64".to_owned()),
+            "KEYGATE_SIGN_IN_TRACKED" => Some("10".to_owned()),
+            _ => None,
+        };
+        let c = load(None, &env, &Overrides::default()).unwrap();
+        assert_eq!(c.connections.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.connections.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(c.connections.max_connections, 64);
+        assert_eq!(c.sessions.throttle.tracked, 10);
+        let zero = |k: &str| (k == "KEYGATE_MAX_CONNECTIONS").then(|| "0".to_owned());
+        assert!(load(None, &zero, &Overrides::default()).is_err());
     }
 
     #[test]
