@@ -1141,6 +1141,129 @@ async fn an_admin_revokes_another_persons_individual_key() {
     );
 }
 
+/// Permission matrix: an invitation is an admin's act, and ends with whatever made it. A removed
+/// or demoted admin's invitations are dead whether made in person or with their individual
+/// key; a revoked key's invitations are dead. Nobody comes back through one.
+#[tokio::test]
+async fn invitations_end_with_the_person_or_the_key_that_made_them() {
+    let h = Harness::new().await;
+    let (_, holder) = h.account_holder().await;
+    let invite = |email: &str| {
+        Some(
+            json!({"data": {"type": "userInvitations", "attributes": {"email": email, "firstName": "B", "lastName": "D", "roles": ["ADMIN"]}}}),
+        )
+    };
+    // Creates an invitation with `cred`; returns its one-time accept link.
+    let make = async |cred: &Cred, email: &str| -> String {
+        let (status, doc) = h
+            .call(cred, "POST", "/v1/userInvitations", invite(email))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{doc}");
+        doc["links"]["accept"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("/invitations/")
+            .to_owned()
+    };
+    let pending = async || -> String {
+        let (_, doc) = h.call(&holder, "GET", "/v1/userInvitations", None).await;
+        doc.to_string()
+    };
+    let dead = async |link: &str| {
+        assert!(
+            h.state
+                .users
+                .accept_invitation(link, Password::new(PASSWORD.into()), None)
+                .await
+                .is_err(),
+            "the link still works"
+        );
+    };
+
+    // Removed: invitations made with the person's individual key and in person both end.
+    let (rogue_id, rogue) = h.user("rogue@example.com", "ADMIN").await;
+    let rogue_key = h.individual_key(&rogue).await;
+    let by_key = make(&rogue_key, "by-key@example.com").await;
+    let in_person = make(&rogue, "in-person@example.com").await;
+    let (status, _) = h
+        .call(&holder, "DELETE", &format!("/v1/users/{rogue_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let left = pending().await;
+    assert!(
+        !left.contains("by-key@") && !left.contains("in-person@"),
+        "{left}"
+    );
+    dead(&by_key).await;
+    dead(&in_person).await;
+
+    // Demoted: the same, once the person no longer holds ADMIN.
+    let (demoted_id, demoted) = h.user("demoted@example.com", "ADMIN").await;
+    let demoted_key = h.individual_key(&demoted).await;
+    let by_key = make(&demoted_key, "demoted-key@example.com").await;
+    let (status, doc) = h
+        .call(
+            &holder,
+            "PATCH",
+            &format!("/v1/users/{demoted_id}"),
+            Some(json!({"data": {"type": "users", "id": demoted_id, "attributes": {"roles": ["DEVELOPER"]}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert!(!pending().await.contains("demoted-key@"));
+    dead(&by_key).await;
+
+    // A team key's invitations end when the key is revoked.
+    let (team_id, team) = h.team_key("ADMIN").await;
+    let by_team = make(&team, "by-team@example.com").await;
+    let kept = make(&holder, "kept@example.com").await;
+    // The Invitations table says who made each one.
+    let Cred::Session(cookie, _) = &holder else {
+        unreachable!()
+    };
+    let (_, _, page) = h
+        .send(
+            Request::get("/access/people")
+                .header(header::COOKIE, format!("keygate_session={cookie}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let page = String::from_utf8(page).unwrap();
+    assert!(page.contains("Invited by"), "{page}");
+    let row = |email: &str| {
+        page.split("<tr")
+            .find(|r| r.contains(email))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        row("by-team@").contains(&format!("API key {team_id}")),
+        "{page}"
+    );
+    assert!(row("kept@").contains("Ada Holder"), "{page}");
+    let (status, _) = h
+        .call(
+            &holder,
+            "PATCH",
+            &format!("/v1/apiKeys/{team_id}"),
+            Some(json!({"data": {"type": "apiKeys", "id": team_id, "attributes": {"isActive": false}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let left = pending().await;
+    assert!(!left.contains("by-team@"), "{left}");
+    assert!(left.contains("kept@"), "others' invitations stay: {left}");
+    dead(&by_team).await;
+    assert!(
+        h.state
+            .users
+            .accept_invitation(&kept, Password::new(PASSWORD.into()), None)
+            .await
+            .is_ok()
+    );
+}
+
 #[tokio::test]
 async fn individual_keys_act_for_their_user() {
     let h = Harness::new().await;

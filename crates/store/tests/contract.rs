@@ -1411,6 +1411,107 @@ async fn secret_keys_store_hashes_roll_and_revoke(store: Arc<dyn Store>) {
     );
 }
 
+/// An invitation ends with what made it: removing a person ends those made in person and with
+/// their individual keys; taking ADMIN away does the same; revoking a key ends those made with
+/// it. Others stay.
+async fn invitations_end_with_their_maker(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let person = async |email: &str| {
+        let u = user(iss, email, "ADMIN");
+        let inv_link = link();
+        store
+            .insert_invitation(
+                &invitation(iss, email, T0 + 1000),
+                &inv_link,
+                &event(iss, AuditAction::UserInvited, "i"),
+            )
+            .await
+            .unwrap();
+        store
+            .accept_invitation(
+                &inv_link,
+                T0,
+                &u,
+                &event(iss, AuditAction::InvitationAccepted, "i"),
+            )
+            .await
+            .unwrap();
+        let mut k = key(iss, T0, PrivateKeyState::NeverHeld);
+        k.key_type = KeyType::Individual;
+        k.roles = u.roles.clone();
+        k.user_id = Some(u.id);
+        store
+            .insert_key(
+                &k,
+                None,
+                0,
+                &event(iss, AuditAction::KeyCreated, k.id.as_str()),
+            )
+            .await
+            .unwrap();
+        (u, k)
+    };
+    let made_by = async |created_by: String, email: &str| {
+        let inv = Invitation {
+            created_by,
+            ..invitation(iss, email, T0 + 1000)
+        };
+        store
+            .insert_invitation(&inv, &link(), &event(iss, AuditAction::UserInvited, "i"))
+            .await
+            .unwrap();
+    };
+    let pending = async || -> Vec<String> {
+        let mut emails: Vec<String> = store
+            .list_invitations(iss, T0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.email)
+            .collect();
+        emails.sort();
+        emails
+    };
+    let ev = event(iss, AuditAction::UserRemoved, "u");
+
+    let (removed, removed_key) = person("removed@example.com").await;
+    made_by(format!("user:{}", removed.id), "a@example.com").await;
+    made_by(format!("apiKey:{}", removed_key.id), "b@example.com").await;
+    let (demoted, demoted_key) = person("demoted@example.com").await;
+    made_by(format!("apiKey:{}", demoted_key.id), "c@example.com").await;
+    let team = key(iss, T0, PrivateKeyState::NeverHeld);
+    store
+        .insert_key(
+            &team,
+            None,
+            50,
+            &event(iss, AuditAction::KeyCreated, team.id.as_str()),
+        )
+        .await
+        .unwrap();
+    made_by(format!("apiKey:{}", team.id), "d@example.com").await;
+    made_by("apiKey:ABCDEFGHIJ".into(), "kept@example.com").await;
+
+    store.remove_user(iss, removed.id, T0, &ev).await.unwrap();
+    assert_eq!(
+        pending().await,
+        ["c@example.com", "d@example.com", "kept@example.com"]
+    );
+    store
+        .set_user_roles(
+            iss,
+            demoted.id,
+            &RoleSet::from_stored("DEVELOPER").unwrap(),
+            T0,
+            &ev,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending().await, ["d@example.com", "kept@example.com"]);
+    store.revoke_key(iss, team.id, None, T0, &ev).await.unwrap();
+    assert_eq!(pending().await, ["kept@example.com"]);
+}
+
 macro_rules! backend {
     ($module:ident, $open:expr) => {
         mod $module {
@@ -1442,6 +1543,7 @@ macro_rules! backend {
             case!(roles_follow_users_to_their_individual_keys);
             case!(sessions_live_while_used);
             case!(secret_keys_store_hashes_roll_and_revoke);
+            case!(invitations_end_with_their_maker);
         }
     };
 }

@@ -39,14 +39,32 @@ struct Outcome<'a> {
     invite_roles: Option<Vec<&'a str>>,
 }
 
-fn invitations_table(web: &Web, invitations: &[keygate_core::user::Invitation]) -> Markup {
+/// Who made an invitation, for the Invitations table: a person by name, a key by its ID.
+fn invited_by(created_by: &str, users: &[keygate_core::user::User]) -> String {
+    if let Some(id) = created_by.strip_prefix("user:") {
+        return users.iter().find(|u| u.id.to_string() == id).map_or_else(
+            || "a removed person".to_owned(),
+            |u| format!("{} {}", u.first_name, u.last_name),
+        );
+    }
+    if let Some(key) = created_by.strip_prefix("apiKey:") {
+        return format!("API key {key}");
+    }
+    "keygate".to_owned()
+}
+
+fn invitations_table(
+    web: &Web,
+    invitations: &[keygate_core::user::Invitation],
+    users: &[keygate_core::user::User],
+) -> Markup {
     html! {
                 @if invitations.is_empty() {
                     p { "No pending invitations." }
                 } @else {
                     table {
                         thead { tr {
-                            th scope="col" { "Name" } th scope="col" { "Email" } th scope="col" { "Roles" } th scope="col" { "Expires" } th scope="col" { "Actions" }
+                            th scope="col" { "Name" } th scope="col" { "Email" } th scope="col" { "Roles" } th scope="col" { "Invited by" } th scope="col" { "Expires" } th scope="col" { "Actions" }
                         } }
                         tbody {
                             @for i in invitations {
@@ -54,6 +72,7 @@ fn invitations_table(web: &Web, invitations: &[keygate_core::user::Invitation]) 
                                     td { (i.first_name) " " (i.last_name) }
                                     td { (i.email) }
                                     td { (roles_text(&i.roles)) }
+                                    td { (invited_by(&i.created_by, users)) }
                                     td { (date(i.expires_at)) }
                                     td {
                                         form.inline method="post" action=(format!("/access/invitations/{}/cancel", i.id)) {
@@ -130,7 +149,7 @@ async fn people_page(
         @if admin {
             section aria-labelledby="invitations-heading" {
                 h2 id="invitations-heading" { "Invitations" }
-                (invitations_table(web, &invitations))
+                (invitations_table(web, &invitations, &users))
                 h3 { "Invite User" }
                 form.stack method="post" action="/access/people/invite" {
                     input type="hidden" name=(CSRF_FIELD) value=(web.csrf);

@@ -667,6 +667,12 @@ impl KeyStore for PostgresStore {
             .await
             .map_err(db_err)?;
         }
+        // Invitations made with the key end with it.
+        sqlx::query("DELETE FROM invitations WHERE created_by = $1")
+            .bind(format!("apiKey:{id}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         let locked = lock_feed(&mut tx).await?;
         record_change(&mut tx, &locked, id, now).await?;
         append_audit(&mut tx, &locked, audit).await?;

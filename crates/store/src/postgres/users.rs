@@ -356,11 +356,7 @@ impl UserStore for PostgresStore {
             .map_err(db_err)?;
         if !roles.is_admin() {
             // Invitations are an admin's act: they end when the admin role does.
-            sqlx::query("DELETE FROM invitations WHERE created_by = $1")
-                .bind(format!("user:{id}"))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            end_invitations_of_person(&mut tx, id).await?;
         }
         let rows = sqlx::query(&format!(
             "UPDATE api_keys SET roles = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING {KEY_COLUMNS}"
@@ -420,14 +416,11 @@ impl UserStore for PostgresStore {
             .map_err(db_err)?;
             revoked.push(key_from_row(&row)?);
         }
+        // Their pending invitations go with them, made in person or with any of their keys: a
+        // removed admin cannot come back through one.
+        end_invitations_of_person(&mut tx, id).await?;
         sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        // Their pending invitations go with them: a removed admin cannot come back through one.
-        sqlx::query("DELETE FROM invitations WHERE created_by = $1")
-            .bind(format!("user:{id}"))
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -544,4 +537,21 @@ impl UserStore for PostgresStore {
         append_audit(&mut tx, &locked, audit).await?;
         tx.commit().await.map_err(db_err)
     }
+}
+
+/// Ends the pending invitations a person made, in person (a session) or with any of their
+/// individual keys: an admin's act ends with the admin.
+async fn end_invitations_of_person(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: UserId,
+) -> Result<()> {
+    sqlx::query(
+        "DELETE FROM invitations WHERE created_by = $1 OR created_by IN (SELECT 'apiKey:' || id FROM api_keys WHERE user_id = $2)",
+    )
+    .bind(format!("user:{id}"))
+    .bind(id.to_string())
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }

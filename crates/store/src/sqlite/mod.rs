@@ -694,6 +694,12 @@ impl KeyStore for SqliteStore {
             .await
             .map_err(db_err)?;
         }
+        // Invitations made with the key end with it.
+        sqlx::query("DELETE FROM invitations WHERE created_by = ?")
+            .bind(format!("apiKey:{id}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         record_change(&mut tx, id, now).await?;
         append_audit(&mut tx, audit).await?;
         let updated = fetch_key(&mut tx, issuer, id).await?;
