@@ -188,7 +188,7 @@ impl UserService {
         if let Err(retry_after) = self.throttle.attempt(email, ip, now) {
             return Ok(SignIn::Throttled { retry_after });
         }
-        let candidates = if email.is_empty() || email.len() > 254 {
+        let candidates = if email.is_empty() || !crate::user::email_fits(email) {
             Vec::new()
         } else {
             self.store.users_by_email(email).await?

@@ -30,9 +30,6 @@ impl Default for ThrottleLimits {
     }
 }
 
-/// Longest account name tracked: longer ones cannot be an email of a user.
-const MAX_ACCOUNT_CHARS: usize = 254;
-
 #[derive(Debug, Default)]
 struct Failures {
     by_account: Table<String>,
@@ -110,7 +107,8 @@ fn address_key(ip: IpAddr) -> IpAddr {
 }
 
 fn account_key(account: &str) -> Option<String> {
-    (account.chars().count() <= MAX_ACCOUNT_CHARS).then(|| account.to_lowercase())
+    // Longer ones cannot be a user's email: nothing to lock out.
+    crate::user::email_fits(account).then(|| account.to_lowercase())
 }
 
 impl SignInThrottle {
