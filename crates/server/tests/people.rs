@@ -1264,6 +1264,68 @@ async fn invitations_end_with_the_person_or_the_key_that_made_them() {
     );
 }
 
+/// A page's notice names only a key that exists: the query string is the visitor's to write, so
+/// a crafted link cannot make keygate's own page print a message of the attacker's choosing.
+#[tokio::test]
+async fn notices_name_only_keys_that_exist() {
+    let h = Harness::new().await;
+    let (_, holder) = h.account_holder().await;
+    let Cred::Session(cookie, _) = &holder else {
+        unreachable!()
+    };
+    let page = async |query: &str| -> String {
+        let (status, _, page) = h
+            .send(
+                Request::get(format!("/access/integrations?{query}"))
+                    .header(header::COOKIE, format!("keygate_session={cookie}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        String::from_utf8(page).unwrap()
+    };
+    for query in [
+        "revoked_secret=ALL%20KEYS%20were%20leaked%2C%20call%20%2B1-555-0100",
+        "revoked=ALL%20KEYS%20were%20leaked",
+        "created=ALL%20KEYS%20were%20leaked",
+    ] {
+        let shown = page(query).await;
+        assert!(!shown.contains("ALL KEYS"), "{query}: {shown}");
+        assert!(!shown.contains("was revoked"), "{query}");
+    }
+    // A real revoked secret key is named by its name and ID; an active one is not "revoked".
+    let (status, doc) = h
+        .call(
+            &h.admin_cred(),
+            "POST",
+            "/v1/secretKeys",
+            Some(json!({"data": {"type": "secretKeys", "attributes": {"name": "Maps web", "roles": ["DEVELOPER"]}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+    let id = doc["data"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        !page(&format!("revoked_secret={id}"))
+            .await
+            .contains("was revoked")
+    );
+    let (status, _) = h
+        .call(
+            &h.admin_cred(),
+            "PATCH",
+            &format!("/v1/secretKeys/{id}"),
+            Some(json!({"data": {"type": "secretKeys", "attributes": {"isActive": false}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let shown = page(&format!("revoked_secret={id}")).await;
+    assert!(
+        shown.contains("Maps web") && shown.contains("was revoked"),
+        "{shown}"
+    );
+}
+
 #[tokio::test]
 async fn individual_keys_act_for_their_user() {
     let h = Harness::new().await;

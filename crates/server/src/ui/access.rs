@@ -204,6 +204,14 @@ pub async fn integrations(
         .revoked
         .as_deref()
         .and_then(|id| keys.iter().find(|k| k.id.as_str() == id));
+    // A notice names only a key that exists and was revoked: the query string is the visitor's
+    // to write, so its text is never printed.
+    let revoked_secret_now = q.revoked_secret.as_deref().and_then(|id| {
+        secret_keys
+            .iter()
+            .flatten()
+            .find(|k| k.id.as_str() == id && k.is_revoked())
+    });
     let content = html! {
         (tabs("Integrations"))
         @if let Some(k) = created {
@@ -255,8 +263,8 @@ pub async fn integrations(
             }
         }
         @if secret_keys.is_some() {
-            @if let Some(id) = &q.revoked_secret {
-                div.notice role="status" { p { "Secret key " code { (id) } " was revoked. Requests with it are refused from now on." } }
+            @if let Some(k) = revoked_secret_now {
+                div.notice role="status" { p { "Secret key \u{201c}" (k.name) "\u{201d} (" code { (k.id.as_str()) } ") was revoked. Requests with it are refused from now on." } }
             }
             (super::secret_keys::section(&live_secrets, now))
         }
