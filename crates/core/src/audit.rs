@@ -30,10 +30,14 @@ pub enum AuditAction {
     SecretKeyRolled,
     SecretKeyRevoked,
     SecretKeyLeakReported,
+    PasswordChanged,
+    SessionsEnded,
+    PasswordResetLinkCreated,
+    PasswordReset,
 }
 
 impl AuditAction {
-    const ALL: [Self; 18] = [
+    const ALL: [Self; 22] = [
         Self::IssuerCreated,
         Self::KeyCreated,
         Self::PrivateKeyDownloaded,
@@ -52,6 +56,10 @@ impl AuditAction {
         Self::SecretKeyRolled,
         Self::SecretKeyRevoked,
         Self::SecretKeyLeakReported,
+        Self::PasswordChanged,
+        Self::SessionsEnded,
+        Self::PasswordResetLinkCreated,
+        Self::PasswordReset,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -74,6 +82,10 @@ impl AuditAction {
             Self::SecretKeyRolled => "secretKey.rolled",
             Self::SecretKeyRevoked => "secretKey.revoked",
             Self::SecretKeyLeakReported => "secretKey.leakReported",
+            Self::PasswordChanged => "user.password.changed",
+            Self::SessionsEnded => "session.endedEverywhere",
+            Self::PasswordResetLinkCreated => "user.passwordReset.created",
+            Self::PasswordReset => "user.password.reset",
         }
     }
 

@@ -40,6 +40,9 @@ impl Default for SessionLimits {
     }
 }
 
+/// How long a password-reset link works.
+pub const RESET_LINK_LIFETIME: i64 = 3600;
+
 /// Password hashes computed at once at most (each takes 19 MiB and tens of milliseconds).
 const HASHING_AT_ONCE: usize = 4;
 
@@ -322,6 +325,171 @@ impl UserService {
         )
         .from_ip(ip);
         self.store.delete_session(&id.hash(), &audit).await
+    }
+
+    /// Changes a signed-in person's password: the current one must match (throttled like a
+    /// sign-in), the new one must follow the rules; every other session of theirs ends, this
+    /// one (`keep`) stays.
+    pub async fn change_password(
+        &self,
+        session: &Session,
+        keep: &str,
+        current: Password,
+        new: Password,
+        ip: Option<IpAddr>,
+    ) -> Result<()> {
+        new.validate_new()?;
+        let user = &session.user;
+        let now = self.clock.now();
+        if let Err(retry_after) = self.throttle.attempt(&user.email, ip, now) {
+            return Err(Error::RateLimited(format!(
+                "Too many wrong passwords; try again in {retry_after} s."
+            )));
+        }
+        let stored = user.password_hash.clone();
+        let permit = self.hashing_permit().await?;
+        let matches = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            current.matches(&stored)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("password check task failed: {e}")))?;
+        if !matches {
+            return Err(Error::attribute(
+                "currentPassword",
+                "The current password is not right.",
+            ));
+        }
+        self.throttle.succeeded(&user.email, ip, now);
+        let hash = self.hash_password(new).await?;
+        let audit = NewAuditEvent::new(
+            user.issuer_id,
+            now,
+            &Actor::User(user.id),
+            AuditAction::PasswordChanged,
+            user.id.to_string(),
+        )
+        .from_ip(ip)
+        .with_detail(json!({"otherSessionsEnded": true}));
+        let keep = BearerSecret::parse(keep).map(|k| k.hash());
+        if self
+            .store
+            .set_password(user.issuer_id, user.id, &hash, keep.as_ref(), &audit)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::NotFound("There is no such user.".into()))
+        }
+    }
+
+    /// Signs a person out everywhere: every session of theirs ends, this one included.
+    pub async fn sign_out_everywhere(&self, session: &Session, ip: Option<IpAddr>) -> Result<u64> {
+        let user = &session.user;
+        let audit = NewAuditEvent::new(
+            user.issuer_id,
+            self.clock.now(),
+            &Actor::User(user.id),
+            AuditAction::SessionsEnded,
+            user.id.to_string(),
+        )
+        .from_ip(ip);
+        self.store
+            .end_sessions(user.issuer_id, user.id, None, &audit)
+            .await
+    }
+
+    /// A one-time link to set a new password without the old one, for an operator on the
+    /// machine (`keygate admin reset-password`): valid [`RESET_LINK_LIFETIME`], replacing any
+    /// earlier one. Every session of the person ends when it is used.
+    pub async fn password_reset_link(&self, email: &str) -> Result<(User, BearerSecret)> {
+        let users = self.store.users_by_email(email.trim()).await?;
+        let user = match users.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(Error::NotFound(format!(
+                    "There is no user with the email {email}."
+                )));
+            }
+            _ => {
+                return Err(Error::Conflict(format!(
+                    "More than one issuer has a user with the email {email}."
+                )));
+            }
+        };
+        let link = BearerSecret::generate()?;
+        let now = self.clock.now();
+        let audit = NewAuditEvent::new(
+            user.issuer_id,
+            now,
+            &Actor::System("reset-password"),
+            AuditAction::PasswordResetLinkCreated,
+            user.id.to_string(),
+        );
+        if !self
+            .store
+            .insert_password_reset(
+                user.issuer_id,
+                user.id,
+                &link.hash(),
+                now + RESET_LINK_LIFETIME,
+                &audit,
+            )
+            .await?
+        {
+            return Err(Error::NotFound("There is no such user.".into()));
+        }
+        Ok((user, link))
+    }
+
+    /// The person a live reset link is for (to greet them on the page).
+    pub async fn password_reset_user(&self, link: &str) -> Result<Option<User>> {
+        match BearerSecret::parse(link) {
+            Some(l) => {
+                self.store
+                    .password_reset_user(&l.hash(), self.clock.now())
+                    .await
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Uses a reset link: sets the new password, ends every session of the person, and starts a
+    /// new one.
+    pub async fn reset_password(
+        &self,
+        link: &str,
+        new: Password,
+        ip: Option<IpAddr>,
+    ) -> Result<NewSession> {
+        let gone =
+            || Error::NotFound("This password reset link is spent, expired or unknown.".into());
+        let link = BearerSecret::parse(link).ok_or_else(gone)?;
+        new.validate_new()?;
+        let now = self.clock.now();
+        let user = self
+            .store
+            .password_reset_user(&link.hash(), now)
+            .await?
+            .ok_or_else(gone)?;
+        let hash = self.hash_password(new).await?;
+        let audit = NewAuditEvent::new(
+            user.issuer_id,
+            now,
+            &Actor::Anonymous,
+            AuditAction::PasswordReset,
+            user.id.to_string(),
+        )
+        .from_ip(ip);
+        self.store
+            .reset_password(&link.hash(), user.id, now, &hash, &audit)
+            .await?;
+        self.throttle.succeeded(&user.email, ip, now);
+        let user = User {
+            password_hash: hash,
+            ..user
+        };
+        self.start_session(user, ip).await
     }
 
     /// Deletes idle sessions and spent links. Run periodically.

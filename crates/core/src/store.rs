@@ -14,7 +14,7 @@ use crate::ids::{Actor, InvitationId, IssuerId, KeyId, UserId};
 use crate::key::{ApiKey, KeyQuery, Page};
 use crate::meter::KeyUsage;
 use crate::role::RoleSet;
-use crate::secret::SecretHash;
+use crate::secret::{PasswordHashText, SecretHash};
 use crate::secret_key::{SecretKey, SecretVersion};
 use crate::user::{Invitation, Session, User};
 
@@ -277,6 +277,47 @@ pub trait UserStore: Send + Sync {
     async fn delete_session(&self, session: &SecretHash, audit: &NewAuditEvent) -> Result<()>;
     /// Deletes sessions idle since before `idle_since` and spent or expired links.
     async fn sweep_sessions(&self, idle_since: UnixTime, now: UnixTime) -> Result<u64>;
+    /// Sets a user's password hash and ends every session of theirs but `keep`, in one
+    /// transaction with `audit`; `false` if there is no such user.
+    async fn set_password(
+        &self,
+        issuer: IssuerId,
+        id: UserId,
+        hash: &PasswordHashText,
+        keep: Option<&SecretHash>,
+        audit: &NewAuditEvent,
+    ) -> Result<bool>;
+    /// Ends every session of a user but `keep`; returns how many ended (`audit` is written
+    /// either way).
+    async fn end_sessions(
+        &self,
+        issuer: IssuerId,
+        id: UserId,
+        keep: Option<&SecretHash>,
+        audit: &NewAuditEvent,
+    ) -> Result<u64>;
+    /// Stores a password-reset link for a user, replacing any earlier one of theirs; `false`
+    /// if there is no such user.
+    async fn insert_password_reset(
+        &self,
+        issuer: IssuerId,
+        id: UserId,
+        link: &SecretHash,
+        expires_at: UnixTime,
+        audit: &NewAuditEvent,
+    ) -> Result<bool>;
+    /// The user a live (unspent, unexpired) reset link belongs to.
+    async fn password_reset_user(&self, link: &SecretHash, now: UnixTime) -> Result<Option<User>>;
+    /// Spends `user`'s reset link: sets the password and ends every session of the user,
+    /// atomically. `NotFound` if the link is unknown, spent, expired or another user's.
+    async fn reset_password(
+        &self,
+        link: &SecretHash,
+        user: UserId,
+        now: UnixTime,
+        hash: &PasswordHashText,
+        audit: &NewAuditEvent,
+    ) -> Result<()>;
 
     /// Appends an event that goes with no other change (a failed sign-in).
     async fn append_audit_event(&self, audit: &NewAuditEvent) -> Result<()>;

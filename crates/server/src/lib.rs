@@ -218,13 +218,65 @@ async fn security_headers(req: Request, next: Next) -> Response {
     resp
 }
 
-/// A request path fit for the log: at most 200 characters, with the one-time secret of a setup
-/// or invitation link replaced.
+/// Paths whose last part is a one-time secret (setup, invitation and password-reset links).
+const SECRET_LINK_PREFIXES: [&str; 3] = ["/setup/", "/invitations/", "/reset/"];
+
+/// A request path fit for the log: at most 200 characters, with the one-time secret of a setup,
+/// invitation or reset link replaced. The secret is found by what the path means, not by its
+/// spelling: a path that is not plain (escapes, dot segments, `//`, anything but letters, digits
+/// and `-_.~/`) could be one of those links to some reader (`/%69nvitations/…`,
+/// `/./invitations/…`), so it is not logged at all, only its length; the prefixes are matched
+/// without regard to case.
 pub fn loggable_path(path: &str) -> String {
-    for prefix in ["/setup/", "/invitations/"] {
-        if path.starts_with(prefix) {
+    let plain = path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b))
+        && !path.contains("//")
+        && !path.split('/').any(|seg| seg == "." || seg == "..");
+    if !plain {
+        return format!(
+            "<a path of {} bytes that is not plain, not logged>",
+            path.len()
+        );
+    }
+    let lower = path.to_ascii_lowercase();
+    for prefix in SECRET_LINK_PREFIXES {
+        if lower.starts_with(prefix) {
             return format!("{prefix}<link>");
         }
     }
     path.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_path;
+
+    /// Every spelling of a secret link that some server could route is redacted; nothing of
+    /// the secret reaches the log.
+    #[test]
+    fn the_request_log_never_shows_a_link_secret() {
+        let secret = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5";
+        for path in [
+            format!("/setup/{secret}"),
+            format!("/invitations/{secret}"),
+            format!("/reset/{secret}"),
+            format!("/./invitations/{secret}"),
+            format!("//invitations/{secret}"),
+            format!("/%69nvitations/{secret}"),
+            format!("/x/../invitations/{secret}"),
+            format!("/Invitations/{secret}"),
+            format!("/RESET/{secret}"),
+            format!("/invitations%2F{secret}"),
+            format!("/invitations/{secret}%00"),
+        ] {
+            let logged = loggable_path(&path);
+            assert!(!logged.contains(secret), "{path} -> {logged}");
+        }
+        assert_eq!(
+            loggable_path("/v1/apiKeys/ABCDEFGHIJ"),
+            "/v1/apiKeys/ABCDEFGHIJ"
+        );
+    }
 }

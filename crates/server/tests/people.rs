@@ -1326,6 +1326,138 @@ async fn notices_name_only_keys_that_exist() {
     );
 }
 
+/// Passwords: the Account Holder (who can never be removed) changes a compromised password and
+/// every other session ends; "Sign Out Everywhere" ends them all; an operator's one-time reset
+/// link sets a new password without the old one, ends every session, and works once.
+#[tokio::test]
+async fn passwords_change_reset_and_end_other_sessions() {
+    let h = Harness::new().await;
+    let (_, holder) = h.account_holder().await;
+    let sign_in = async |password: &str| -> Option<Cred> {
+        match h
+            .state
+            .users
+            .sign_in("holder@example.com", Password::new(password.into()), None)
+            .await
+            .unwrap()
+        {
+            keygate_core::people::SignIn::Accepted(s) => {
+                Some(Cred::Session(s.id.expose().to_owned(), csrf_token(&s.id)))
+            }
+            _ => None,
+        }
+    };
+    let alive =
+        async |cred: &Cred| h.call(cred, "GET", "/v1/users", None).await.0 == StatusCode::OK;
+    let post = async |cred: &Cred, path: &str, form: &str| -> (StatusCode, HeaderMap, String) {
+        let Cred::Session(cookie, csrf) = cred else {
+            unreachable!()
+        };
+        let (status, headers, body) = h
+            .send(
+                Request::post(path)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header(header::COOKIE, format!("keygate_session={cookie}"))
+                    .body(Body::from(format!("csrf_token={csrf}&{form}")))
+                    .unwrap(),
+            )
+            .await;
+        (status, headers, String::from_utf8(body).unwrap())
+    };
+    let other = sign_in(PASSWORD).await.expect("signs in");
+    assert!(alive(&other).await);
+
+    // A wrong current password changes nothing.
+    let new = "a brand new passphrase";
+    let (status, _, page) = post(
+        &holder,
+        "/account/password",
+        &format!(
+            "current_password=wrong+one+here&password={0}&password_confirm={0}",
+            new.replace(' ', "+")
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{page}");
+    assert!(page.contains("current password is not right"), "{page}");
+    assert!(alive(&other).await);
+    // The right one: this session stays, every other one ends, only the new password works.
+    let (status, headers, _) = post(
+        &holder,
+        "/account/password",
+        &format!(
+            "current_password={}&password={1}&password_confirm={1}",
+            PASSWORD.replace(' ', "+"),
+            new.replace(' ', "+")
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/account?changed=1");
+    assert!(alive(&holder).await, "the session that changed it stays");
+    assert!(!alive(&other).await, "every other session ends");
+    assert!(sign_in(PASSWORD).await.is_none());
+    let third = sign_in(new).await.expect("the new password works");
+
+    // Sign out everywhere: this session and every other.
+    let (status, headers, _) = post(&holder, "/account/signout-everywhere", "").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        set_cookie(&headers, "keygate_session").is_none(),
+        "the cookie is cleared"
+    );
+    assert!(!alive(&holder).await && !alive(&third).await);
+
+    // An operator's reset link, with neither password nor session.
+    let fourth = sign_in(new).await.unwrap();
+    let (_, link) = h
+        .state
+        .users
+        .password_reset_link("HOLDER@example.com")
+        .await
+        .unwrap();
+    let path = format!("/reset/{}", link.expose());
+    let (status, headers, page) = h
+        .send(Request::get(&path).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&page).contains("Reset Password"));
+    let form_cookie = set_cookie(&headers, "keygate_form").unwrap();
+    let token = form_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("keygate_form=")
+        .to_owned();
+    let reset = "reset passphrase here";
+    let submit = |token: &str| {
+        Request::post(&path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, format!("keygate_form={token}"))
+            .body(Body::from(format!(
+                "csrf_token={token}&password={0}&password_confirm={0}",
+                reset.replace(' ', "+")
+            )))
+            .unwrap()
+    };
+    let (status, headers, _) = h.send(submit(&token)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        set_cookie(&headers, "keygate_session").is_some(),
+        "signed in"
+    );
+    assert!(!alive(&fourth).await, "a reset ends every earlier session");
+    assert!(sign_in(new).await.is_none());
+    assert!(sign_in(reset).await.is_some());
+    // Spent.
+    let (status, _, _) = h
+        .send(Request::get(&path).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = h.send(submit(&token)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn individual_keys_act_for_their_user() {
     let h = Harness::new().await;

@@ -1512,6 +1512,136 @@ async fn invitations_end_with_their_maker(store: Arc<dyn Store>) {
     assert_eq!(pending().await, ["kept@example.com"]);
 }
 
+/// A password change ends every other session of the person and keeps the one that made it;
+/// signing out everywhere ends them all; a reset link works once, before it expires, for its own
+/// person only, and ends every session.
+async fn passwords_change_and_end_other_sessions(store: Arc<dyn Store>) {
+    let iss = issuer(&store).await;
+    let holder = user(iss, "holder@example.com", "ACCOUNT_HOLDER");
+    let setup = link();
+    store.set_setup_link(iss, &setup, T0).await.unwrap();
+    store
+        .create_account_holder(
+            &setup,
+            &holder,
+            &event(iss, AuditAction::AccountHolderCreated, "h"),
+        )
+        .await
+        .unwrap();
+    let sessions: Vec<SecretHash> = (0..3).map(|_| link()).collect();
+    for s in &sessions {
+        store
+            .insert_session(s, &holder, T0, &event(iss, AuditAction::SignedIn, "s"))
+            .await
+            .unwrap();
+    }
+    let alive = async |s: &SecretHash| store.touch_session(s, 0, T0 + 1).await.unwrap().is_some();
+    let new_hash = PasswordHashText::from_stored("$argon2id$v=19$m=19456,t=2,p=1$bmV3$bmV3".into());
+    let ev = event(iss, AuditAction::PasswordChanged, "u");
+    assert!(
+        store
+            .set_password(iss, holder.id, &new_hash, Some(&sessions[0]), &ev)
+            .await
+            .unwrap()
+    );
+    assert!(
+        alive(&sessions[0]).await,
+        "the session that changed it stays"
+    );
+    assert!(!alive(&sessions[1]).await && !alive(&sessions[2]).await);
+    assert_eq!(
+        store
+            .get_user(iss, holder.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        new_hash
+    );
+    assert!(
+        !store
+            .set_password(issuer(&store).await, holder.id, &new_hash, None, &ev)
+            .await
+            .unwrap(),
+        "not across issuers"
+    );
+    // Sign out everywhere.
+    let ended = store
+        .end_sessions(
+            iss,
+            holder.id,
+            None,
+            &event(iss, AuditAction::SessionsEnded, "u"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended, 1);
+    assert!(!alive(&sessions[0]).await);
+
+    // A reset link: once, in time, and a second one replaces the first.
+    let again = link();
+    store
+        .insert_session(&again, &holder, T0, &event(iss, AuditAction::SignedIn, "s"))
+        .await
+        .unwrap();
+    let ev = event(iss, AuditAction::PasswordResetLinkCreated, "u");
+    let first = link();
+    assert!(
+        store
+            .insert_password_reset(iss, holder.id, &first, T0 + 100, &ev)
+            .await
+            .unwrap()
+    );
+    let second = link();
+    assert!(
+        store
+            .insert_password_reset(iss, holder.id, &second, T0 + 100, &ev)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.password_reset_user(&first, T0).await.unwrap(), None);
+    assert_eq!(
+        store.password_reset_user(&second, T0 + 100).await.unwrap(),
+        None,
+        "expired"
+    );
+    let found = store
+        .password_reset_user(&second, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, holder.id);
+    let reset_hash =
+        PasswordHashText::from_stored("$argon2id$v=19$m=19456,t=2,p=1$cmVz$cmVz".into());
+    let ev = event(iss, AuditAction::PasswordReset, "u");
+    assert!(matches!(
+        store
+            .reset_password(&second, UserId::generate(), T0, &reset_hash, &ev)
+            .await,
+        Err(Error::NotFound(_))
+    ));
+    store
+        .reset_password(&second, holder.id, T0, &reset_hash, &ev)
+        .await
+        .unwrap();
+    assert!(!alive(&again).await, "a reset ends every session");
+    assert!(matches!(
+        store
+            .reset_password(&second, holder.id, T0, &reset_hash, &ev)
+            .await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        store
+            .get_user(iss, holder.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        reset_hash
+    );
+}
+
 macro_rules! backend {
     ($module:ident, $open:expr) => {
         mod $module {
@@ -1544,6 +1674,7 @@ macro_rules! backend {
             case!(sessions_live_while_used);
             case!(secret_keys_store_hashes_roll_and_revoke);
             case!(invitations_end_with_their_maker);
+            case!(passwords_change_and_end_other_sessions);
         }
     };
 }

@@ -161,6 +161,44 @@ async fn owner_names(state: &AppState, web: &Web) -> keygate_core::error::Result
     }
 }
 
+/// What the page says about the action that led to it. A notice names only a key that exists
+/// (and, for a revocation, was revoked): the query string is the visitor's to write, so its text
+/// is never printed.
+fn notices(
+    web: &Web,
+    q: &IntegrationsQuery,
+    keys: &[ApiKey],
+    secret_keys: Option<&[SecretKey]>,
+    now: keygate_core::clock::UnixTime,
+    window: i64,
+) -> Markup {
+    let find = |id: Option<&String>| id.and_then(|id| keys.iter().find(|k| k.id.as_str() == id));
+    let created = find(q.created.as_ref());
+    let revoked = find(q.revoked.as_ref()).filter(|k| k.is_revoked());
+    let revoked_secret = q.revoked_secret.as_deref().and_then(|id| {
+        secret_keys
+            .unwrap_or_default()
+            .iter()
+            .find(|k| k.id.as_str() == id && k.is_revoked())
+    });
+    html! {
+        @if let Some(k) = created {
+            div.notice role="status" {
+                p { "API key \u{201c}" (k.name) "\u{201d} (" code { (k.id.as_str()) } ") was generated." }
+                @if k.can_download(now, window) && k.downloadable_by(web.principal.user_id) {
+                    p { strong { "Download it now." } " The private key can be downloaded only once, and keygate keeps no copy after that." }
+                }
+            }
+        }
+        @if let Some(k) = revoked {
+            div.notice role="status" { p { "API key \u{201c}" (k.name) "\u{201d} was revoked. Its tokens are refused from now on." } }
+        }
+        @if let Some(k) = revoked_secret {
+            div.notice role="status" { p { "Secret key \u{201c}" (k.name) "\u{201d} (" code { (k.id.as_str()) } ") was revoked. Requests with it are refused from now on." } }
+        }
+    }
+}
+
 pub async fn integrations(
     State(state): State<AppState>,
     web: Web,
@@ -196,35 +234,9 @@ pub async fn integrations(
     let me = web.session.user.id;
     let has_own = individual.iter().any(|k| k.user_id == Some(me));
     let admin = web.is_admin();
-    let created = q
-        .created
-        .as_deref()
-        .and_then(|id| keys.iter().find(|k| k.id.as_str() == id));
-    let revoked_now = q
-        .revoked
-        .as_deref()
-        .and_then(|id| keys.iter().find(|k| k.id.as_str() == id));
-    // A notice names only a key that exists and was revoked: the query string is the visitor's
-    // to write, so its text is never printed.
-    let revoked_secret_now = q.revoked_secret.as_deref().and_then(|id| {
-        secret_keys
-            .iter()
-            .flatten()
-            .find(|k| k.id.as_str() == id && k.is_revoked())
-    });
     let content = html! {
         (tabs("Integrations"))
-        @if let Some(k) = created {
-            div.notice role="status" {
-                p { "API key \u{201c}" (k.name) "\u{201d} (" code { (k.id.as_str()) } ") was generated." }
-                @if k.can_download(now, window) && k.downloadable_by(web.principal.user_id) {
-                    p { strong { "Download it now." } " The private key can be downloaded only once, and keygate keeps no copy after that." }
-                }
-            }
-        }
-        @if let Some(k) = revoked_now {
-            div.notice role="status" { p { "API key \u{201c}" (k.name) "\u{201d} was revoked. Its tokens are refused from now on." } }
-        }
+        (notices(&web, &q, &keys, secret_keys.as_deref(), now, window))
         section aria-labelledby="issuer-heading" {
             h2 id="issuer-heading" { "Issuer ID" }
             p { code id="issuer-id" { (web.principal.issuer_id) } }
@@ -263,9 +275,6 @@ pub async fn integrations(
             }
         }
         @if secret_keys.is_some() {
-            @if let Some(k) = revoked_secret_now {
-                div.notice role="status" { p { "Secret key \u{201c}" (k.name) "\u{201d} (" code { (k.id.as_str()) } ") was revoked. Requests with it are refused from now on." } }
-            }
             (super::secret_keys::section(&live_secrets, now))
         }
         (revoked_section(&revoked, &ended_secrets))

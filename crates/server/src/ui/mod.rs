@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 mod access;
+mod account;
 mod people;
 mod secret_keys;
 mod sign_in;
@@ -77,6 +78,7 @@ fn page(
 }
 
 /// Every page of the web UI.
+#[allow(clippy::too_many_lines)] // one entry per page, in order: splitting the list would hide it
 pub fn page_routes() -> Vec<PageRoute> {
     const GET: &[&str] = &["GET"];
     const POST: &[&str] = &["POST"];
@@ -98,6 +100,25 @@ pub fn page_routes() -> Vec<PageRoute> {
             get(sign_in::sign_in_form).post(sign_in::sign_in_submit),
         ),
         page("/signout", POST, true, post(sign_in::sign_out)),
+        page(
+            "/reset/{link}",
+            BOTH,
+            false,
+            get(sign_in::reset_form).post(sign_in::reset_submit),
+        ),
+        page("/account", GET, true, get(account::account)),
+        page(
+            "/account/password",
+            POST,
+            true,
+            post(account::change_password),
+        ),
+        page(
+            "/account/signout-everywhere",
+            POST,
+            true,
+            post(account::sign_out_everywhere),
+        ),
         page(
             "/invitations/{link}",
             BOTH,
@@ -523,7 +544,7 @@ fn layout(title: &str, web: Option<&Web>, content: &Markup) -> Markup {
                         }
                         form.signout method="post" action="/signout" {
                             input type="hidden" name=(CSRF_FIELD) value=(w.csrf);
-                            span.who { (w.session.user.display_name()) }
+                            a.who href="/account" { (w.session.user.display_name()) }
                             button type="submit" { "Sign Out" }
                         }
                     }

@@ -38,7 +38,7 @@ fn pre_session_page(
     resp
 }
 
-fn password_fields(autocomplete: &str) -> Markup {
+pub(super) fn password_fields(autocomplete: &str) -> Markup {
     html! {
         label for="password" { "Password" }
         input id="password" name="password" type="password" required minlength="10" maxlength="256" autocomplete=(autocomplete) aria-describedby="password-help";
@@ -48,7 +48,7 @@ fn password_fields(autocomplete: &str) -> Markup {
     }
 }
 
-fn passwords_match(form: &mut super::Form) -> Result<Password, String> {
+pub(super) fn passwords_match(form: &mut super::Form) -> Result<Password, String> {
     let pw = form.take("password");
     let confirm = form.take("password_confirm");
     if pw == confirm {
@@ -351,6 +351,84 @@ pub async fn accept_submit(
         Err(e) => {
             let (status, m) = error_text(e);
             accept_page(&headers, &state, &link, status, Some(&m)).await
+        }
+    }
+}
+
+// ---- password reset (a link an operator made with `keygate admin reset-password`) ----
+
+pub async fn reset_form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(link): Path<String>,
+) -> Response {
+    reset_page(&headers, &state, &link, StatusCode::OK, None).await
+}
+
+async fn reset_page(
+    headers: &HeaderMap,
+    state: &AppState,
+    link: &str,
+    status: StatusCode,
+    message: Option<&str>,
+) -> Response {
+    let user = match state.users.password_reset_user(link).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            return message_page(
+                StatusCode::NOT_FOUND,
+                "Reset link not valid",
+                "This password reset link is not valid: it was used, replaced by a newer one, or is more than an hour old. Ask your operator for a new one.",
+            );
+        }
+        Err(e) => return super::error_page(None, e),
+    };
+    let action = format!("/reset/{link}");
+    pre_session_page(headers, state, status, "Reset Password", |token| {
+        html! {
+            h1 { "Reset Password" }
+            p { "Hello " (user.first_name) ", choose a new password. Every session of yours is signed out when it is set." }
+            (alert(message))
+            form.stack method="post" action=(action) {
+                input type="hidden" name=(CSRF_FIELD) value=(token);
+                label for="email" { "Email" }
+                input id="email" name="email" type="email" value=(user.email) readonly autocomplete="username";
+                (password_fields("new-password"))
+                button type="submit" { "Set Password and Sign In" }
+            }
+        }
+    })
+}
+
+pub async fn reset_submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    peer: Peer,
+    Path(link): Path<String>,
+    body: Body,
+) -> Response {
+    let mut form = match pre_session_form(&headers, body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let password = match passwords_match(&mut form) {
+        Ok(p) => p,
+        Err(m) => {
+            return reset_page(
+                &headers,
+                &state,
+                &link,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(&m),
+            )
+            .await;
+        }
+    };
+    match state.users.reset_password(&link, password, ip(peer)).await {
+        Ok(session) => start_session(&headers, &state, &session, "/access/integrations"),
+        Err(e) => {
+            let (status, m) = error_text(e);
+            reset_page(&headers, &state, &link, status, Some(&m)).await
         }
     }
 }

@@ -50,6 +50,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/postgres/0003_secret_keys.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_password_resets.sql"),
+    ),
 ];
 
 const KEY_COLUMNS: &str = "id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, request_count, revoked_at, revoke_reason, expires_at, user_id";

@@ -8,7 +8,7 @@ use keygate_core::error::{Error, Result};
 use keygate_core::ids::{InvitationId, IssuerId, UserId};
 use keygate_core::key::ApiKey;
 use keygate_core::role::{Role, RoleSet};
-use keygate_core::secret::SecretHash;
+use keygate_core::secret::{PasswordHashText, SecretHash};
 use keygate_core::store::UserStore;
 use keygate_core::user::{Invitation, Session, User};
 use sqlx::{Postgres, Transaction};
@@ -513,6 +513,133 @@ impl UserStore for PostgresStore {
         tx.commit().await.map_err(db_err)
     }
 
+    async fn set_password(
+        &self,
+        issuer: IssuerId,
+        id: UserId,
+        hash: &PasswordHashText,
+        keep: Option<&SecretHash>,
+        audit: &NewAuditEvent,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2 AND issuer_id = $3")
+            .bind(hash.as_str())
+            .bind(id.to_string())
+            .bind(issuer.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        end_other_sessions(&mut tx, id, keep).await?;
+        let locked = lock_feed(&mut tx).await?;
+        append_audit(&mut tx, &locked, audit).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    async fn end_sessions(
+        &self,
+        issuer: IssuerId,
+        id: UserId,
+        keep: Option<&SecretHash>,
+        audit: &NewAuditEvent,
+    ) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        if fetch_user(&mut tx, issuer, id).await?.is_none() {
+            return Ok(0);
+        }
+        let n = end_other_sessions(&mut tx, id, keep).await?;
+        let locked = lock_feed(&mut tx).await?;
+        append_audit(&mut tx, &locked, audit).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(n)
+    }
+
+    async fn insert_password_reset(
+        &self,
+        issuer: IssuerId,
+        id: UserId,
+        link: &SecretHash,
+        expires_at: UnixTime,
+        audit: &NewAuditEvent,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        if fetch_user(&mut tx, issuer, id).await?.is_none() {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO password_resets (link_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(link.as_slice())
+        .bind(id.to_string())
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let locked = lock_feed(&mut tx).await?;
+        append_audit(&mut tx, &locked, audit).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    async fn password_reset_user(&self, link: &SecretHash, now: UnixTime) -> Result<Option<User>> {
+        sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id = (SELECT user_id FROM password_resets WHERE link_hash = $1 AND expires_at > $2)"
+        ))
+        .bind(link.as_slice())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
+    }
+
+    async fn reset_password(
+        &self,
+        link: &SecretHash,
+        user: UserId,
+        now: UnixTime,
+        hash: &PasswordHashText,
+        audit: &NewAuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let spent = sqlx::query(
+            "DELETE FROM password_resets WHERE link_hash = $1 AND user_id = $2 AND expires_at > $3",
+        )
+        .bind(link.as_slice())
+        .bind(user.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        if spent == 0 {
+            return Err(Error::NotFound(
+                "This password reset link is spent, expired or unknown.".into(),
+            ));
+        }
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(hash.as_str())
+            .bind(user.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        end_other_sessions(&mut tx, user, None).await?;
+        let locked = lock_feed(&mut tx).await?;
+        append_audit(&mut tx, &locked, audit).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
     async fn sweep_sessions(&self, idle_since: UnixTime, now: UnixTime) -> Result<u64> {
         let mut tx = self.begin().await?;
         let sessions = sqlx::query("DELETE FROM sessions WHERE last_seen_at <= $1")
@@ -527,8 +654,14 @@ impl UserStore for PostgresStore {
             .await
             .map_err(db_err)?
             .rows_affected();
+        let resets = sqlx::query("DELETE FROM password_resets WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
         tx.commit().await.map_err(db_err)?;
-        Ok(sessions + invitations)
+        Ok(sessions + invitations + resets)
     }
 
     async fn append_audit_event(&self, audit: &NewAuditEvent) -> Result<()> {
@@ -554,4 +687,22 @@ async fn end_invitations_of_person(
     .await
     .map_err(db_err)?;
     Ok(())
+}
+
+/// Ends every session of a user but `keep`; how many ended.
+async fn end_other_sessions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: UserId,
+    keep: Option<&SecretHash>,
+) -> Result<u64> {
+    let keep: &[u8] = keep.map_or(&[], SecretHash::as_slice);
+    Ok(
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id_hash <> $2")
+            .bind(id.to_string())
+            .bind(keep)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected(),
+    )
 }

@@ -42,6 +42,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_secret_keys.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_password_resets.sql"),
+    ),
 ];
 
 const KEY_COLUMNS: &str = "id, issuer_id, name, roles, key_type, algorithm, public_key, private_key_state, private_key_at, created_by, created_at, last_used_at, request_count, revoked_at, revoke_reason, expires_at, user_id";
