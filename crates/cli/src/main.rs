@@ -100,6 +100,18 @@ enum AdminCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Make a one-time link (valid one hour) with which a person sets a new password without
+    /// the old one; every session of theirs ends when it is used. For a forgotten password, or
+    /// the Account Holder's compromised one. Needs no master key.
+    ResetPassword {
+        #[arg(long, env = "KEYGATE_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, env = "KEYGATE_DATABASE")]
+        database: Option<String>,
+        /// The person's email.
+        #[arg(long)]
+        email: String,
+    },
 }
 
 /// How to sign: a key file and its IDs. Shared by `token` and `keys`.
@@ -196,6 +208,11 @@ async fn run(cli: Cli) -> Result<()> {
             issuer_id,
             out,
         }) => bootstrap(config.as_deref(), database, issuer_id, &out).await,
+        Command::Admin(AdminCommand::ResetPassword {
+            config,
+            database,
+            email,
+        }) => reset_password(config.as_deref(), database, &email).await,
         Command::Token(args) => {
             let lifetime = config::parse_duration(&args.lifetime)
                 .context("--lifetime is a duration such as 20m")?;
@@ -236,6 +253,7 @@ async fn serve_cmd(args: ServeArgs) -> Result<()> {
     };
     let cfg = config::load(args.config.as_deref(), &env_var, &overrides)?;
     let master = master_key::resolve(env_var("KEYGATE_MASTER_KEY"), &cfg.database)?;
+    let public_url = cfg.public_url.clone();
     serve::run(cfg, master, |ready| {
         let serve::Ready {
             addr,
@@ -253,13 +271,9 @@ async fn serve_cmd(args: ServeArgs) -> Result<()> {
                 );
             }
             if let Some(path) = setup_path {
-                let host = if addr.ip().is_unspecified() {
-                    format!("127.0.0.1:{}", addr.port())
-                } else {
-                    addr.to_string()
-                };
+                let base = public_base(public_url.as_deref(), addr);
                 println!(
-                    "keygate: create the Account Holder at http://{host}{path} (this link works once; a new one is printed at each start until then)"
+                    "keygate: create the Account Holder at {base}{path} (this link works once; a new one is printed at each start until then)"
                 );
                 println!(
                     "keygate: for scripts, an admin key without a person: keygate admin bootstrap --out DIR"
@@ -275,6 +289,53 @@ async fn serve_cmd(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where people reach keygate: `public_url`, else the address it listens on.
+fn public_base(public_url: Option<&str>, listen: std::net::SocketAddr) -> String {
+    if let Some(url) = public_url {
+        return url.to_owned();
+    }
+    if listen.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", listen.port())
+    } else {
+        format!("http://{listen}")
+    }
+}
+
+/// `keygate admin reset-password`: a one-time link for a person, printed for the operator to
+/// pass on. Opens the database directly (safe while servers run); never creates one.
+async fn reset_password(
+    config_path: Option<&Path>,
+    database: Option<String>,
+    email: &str,
+) -> Result<()> {
+    let overrides = Overrides {
+        database,
+        ..Overrides::default()
+    };
+    let cfg = config::load(config_path, &env_var, &overrides)?;
+    let store = keygate_store::open_existing(&cfg.database).await?;
+    let ring = Arc::new(keygate_core::keyset::KeyRing::new());
+    let users = keygate_core::people::UserService::new(
+        store,
+        Arc::new(SystemClock),
+        cfg.roles(),
+        ring,
+        cfg.sessions,
+    );
+    let (user, link) = users.password_reset_link(email).await?;
+    let base = public_base(cfg.public_url.as_deref(), cfg.listen);
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "Password reset link for {} <{}>:\n{base}/reset/{}\nIt works once, for one hour, and replaces any earlier one; every session of theirs ends when it is used.",
+            user.display_name(),
+            user.email,
+            link.expose()
+        );
+    }
+    Ok(())
+}
+
 /// `keygate audit verify`: reads the chain in pages, in order, straight from the database (no
 /// master key needed), and fails naming the first broken link.
 async fn audit_verify(config_path: Option<&Path>, database: Option<String>) -> Result<()> {
@@ -283,7 +344,8 @@ async fn audit_verify(config_path: Option<&Path>, database: Option<String>) -> R
         ..Overrides::default()
     };
     let cfg = config::load(config_path, &env_var, &overrides)?;
-    let store = keygate_store::open(&cfg.database).await?;
+    // A tamper check never creates anything: a mistyped path is an error, not an empty chain.
+    let store = keygate_store::open_existing(&cfg.database).await?;
     let mut chain = keygate_core::audit::ChainVerifier::new();
     let mut after = 0;
     let mut page_size = 1000;

@@ -619,6 +619,66 @@ async fn users_cli_invites_lists_and_removes() {
         .find(|u| u["email"] == "lin@example.com")
         .unwrap_or_else(|| panic!("{listed}"));
     assert_eq!(lin["roles"], json!(["DEVELOPER"]));
+    // Forgotten password: the operator's one-time reset link, from the database directly.
+    let (ok, out, err) = keygate_env(
+        &[
+            "admin",
+            "reset-password",
+            "--database",
+            &server.db_url,
+            "--email",
+            "LIN@example.com",
+        ],
+        &[("KEYGATE_PUBLIC_URL", &server.base)],
+    );
+    assert!(ok, "{err}");
+    let reset = out
+        .split_whitespace()
+        .find(|w| w.starts_with(&server.url("/reset/")))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let page = client.get(&reset).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let form_cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("keygate_form="))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    let done = client
+        .post(&reset)
+        .header("cookie", format!("keygate_form={form_cookie}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "csrf_token={form_cookie}&password=another+long+secret&password_confirm=another+long+secret"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 303);
+    assert_eq!(
+        client.get(&reset).send().await.unwrap().status(),
+        404,
+        "spent"
+    );
+    // Read-only and repair commands never create a database.
+    let typo = dir.path().join("typo").join("kg.db");
+    for args in [
+        vec!["admin", "reset-password", "--email", "lin@example.com"],
+        vec!["audit", "verify"],
+    ] {
+        let mut args = args;
+        let url = format!("sqlite://{}", typo.display());
+        args.extend(["--database", &url]);
+        let (ok, _, err) = keygate(&args);
+        assert!(!ok, "{args:?} succeeded on a missing database");
+        assert!(err.contains("no keygate database"), "{err}");
+        assert!(!typo.exists() && !typo.parent().unwrap().exists());
+    }
+
     let id = lin["id"].as_str().unwrap().to_owned();
     assert_eq!(users(&["remove", &id])["removed"], json!(id));
     assert!(

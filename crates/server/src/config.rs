@@ -51,6 +51,9 @@ pub struct Config {
     pub leak_report_keys: Vec<Vec<u8>>,
     /// Connection limits of every listener (main and proxy).
     pub connections: ConnectionLimits,
+    /// `scheme://host[:port]` where people reach keygate, for every link it prints (setup,
+    /// invitation, password reset); never taken from a request's `Host` when set.
+    pub public_url: Option<String>,
 }
 
 /// What one client connection may hold, on every listener: nginx's defaults in spirit
@@ -96,6 +99,7 @@ impl std::fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("leak_report_keys", &self.leak_report_keys.len())
             .field("connections", &self.connections)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -173,6 +177,7 @@ struct FileConfig {
     idle_timeout: Option<DurationText>,
     max_connections: Option<usize>,
     sign_in_tracked: Option<usize>,
+    public_url: Option<String>,
     roles: Option<BTreeMap<String, RoleTable>>,
 }
 
@@ -523,6 +528,11 @@ pub fn load(
         return Err(ConfigError("rate_limit_per_hour must be at least 1".into()));
     }
 
+    let public_url = match env("KEYGATE_PUBLIC_URL").or(raw.public_url) {
+        None => None,
+        Some(url) => Some(parse_public_url(&url)?),
+    };
+
     let policy = match raw.roles {
         None => Policy::open(),
         Some(tables) => Policy::from_role_tables(tables).map_err(ConfigError)?,
@@ -546,7 +556,27 @@ pub fn load(
         trusted_proxies,
         leak_report_keys,
         connections,
+        public_url,
     })
+}
+
+/// `public_url`: `http(s)://host[:port]` with an optional path prefix, no query; kept without a
+/// trailing `/`.
+fn parse_public_url(text: &str) -> Result<String, ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "public_url: {text:?} must be http(s)://host[:port] with an optional path, such as https://keygate.example.com"
+        ))
+    };
+    let uri: axum::http::Uri = text.trim().parse().map_err(|_| bad())?;
+    if !matches!(uri.scheme_str(), Some("http" | "https"))
+        || uri.authority().is_none()
+        || uri.query().is_some()
+        || uri.authority().is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Err(bad());
+    }
+    Ok(text.trim().trim_end_matches('/').to_owned())
 }
 
 fn proxy_config(
@@ -830,6 +860,21 @@ mod tests {
         assert_eq!(c.connections.idle_timeout, Duration::from_millis(1500));
         assert_eq!(c.connections.max_connections, 64);
         assert_eq!(c.sessions.throttle.tracked, 10);
+        let url =
+            |u: &'static str| move |k: &str| (k == "KEYGATE_PUBLIC_URL").then(|| u.to_owned());
+        let c = load(None, &url("https://kg.example.com/"), &Overrides::default()).unwrap();
+        assert_eq!(c.public_url.as_deref(), Some("https://kg.example.com"));
+        for bad in [
+            "kg.example.com",
+            "ftp://kg.example.com",
+            "https://u:p@kg.example.com",
+            "https://kg.example.com/?a=1",
+        ] {
+            assert!(
+                load(None, &url(bad), &Overrides::default()).is_err(),
+                "{bad}"
+            );
+        }
         let zero = |k: &str| (k == "KEYGATE_MAX_CONNECTIONS").then(|| "0".to_owned());
         assert!(load(None, &zero, &Overrides::default()).is_err());
     }

@@ -54,6 +54,8 @@ pub struct AppState {
     pub gate: Gate,
     pub ring: Arc<KeyRing>,
     pub forward_auth_headers: config::ForwardAuthHeaders,
+    /// Where people reach keygate, for the links it shows (`public_url`).
+    pub public_url: Option<Arc<str>>,
 }
 
 /// One route of the management API: its path under `/v1`, the methods it answers, and its

@@ -79,6 +79,7 @@ pub async fn build(
         gate,
         ring,
         forward_auth_headers: config.forward_auth_headers,
+        public_url: config.public_url.as_deref().map(Arc::from),
     })
 }
 

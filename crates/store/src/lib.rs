@@ -27,6 +27,21 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     )))
 }
 
+/// Opens a database that must already exist, for commands that read or repair one (`audit
+/// verify`, `admin reset-password`): a mistyped `SQLite` path is an error naming it, never a new,
+/// empty database.
+pub async fn open_existing(url: &str) -> Result<Arc<dyn Store>> {
+    if let Some(path) = sqlite_path(url)
+        && !path.is_file()
+    {
+        return Err(Error::NotFound(format!(
+            "there is no keygate database at {}; name the one the server uses (--database or KEYGATE_DATABASE)",
+            path.display()
+        )));
+    }
+    open(url).await
+}
+
 /// What woke a node that follows a database's changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeEvent {

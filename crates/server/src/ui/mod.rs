@@ -442,8 +442,13 @@ fn is_secure(headers: &HeaderMap, state: &AppState) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("https"))
 }
 
-/// `scheme://host` as the browser sees keygate, for links a person passes on.
+/// `scheme://host` as people reach keygate, for links a person passes on: `public_url` when it
+/// is set (never the request's `Host`, which a proxy may pass through from anyone); otherwise
+/// the `Host` the browser sent.
 fn origin(headers: &HeaderMap, state: &AppState) -> String {
+    if let Some(url) = &state.public_url {
+        return url.to_string();
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
