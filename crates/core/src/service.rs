@@ -657,10 +657,10 @@ pub(crate) fn validate_reason(reason: Option<&str>) -> Result<()> {
             format!("revokeReason is at most {MAX_REASON_CHARS} characters."),
         ));
     }
-    if r.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if crate::user::has_hidden_characters(r, &['\n', '\t']) {
         return Err(Error::attribute(
             "revokeReason",
-            "revokeReason must not contain control characters.",
+            "revokeReason must not contain control characters or direction overrides.",
         ));
     }
     Ok(())
@@ -669,7 +669,10 @@ pub(crate) fn validate_reason(reason: Option<&str>) -> Result<()> {
 /// Text from outside that is only recorded (a leak report's source and URL): control
 /// characters dropped, at most `max` characters kept.
 pub(crate) fn recordable(text: &str, max: usize) -> String {
-    text.chars().filter(|c| !c.is_control()).take(max).collect()
+    text.chars()
+        .filter(|c| !crate::user::is_hidden_character(*c))
+        .take(max)
+        .collect()
 }
 
 pub(crate) fn validate_name(name: &str) -> Result<String> {
@@ -683,10 +686,10 @@ pub(crate) fn validate_name(name: &str) -> Result<String> {
             format!("name is at most {MAX_NAME_CHARS} characters; this one has {count}."),
         ));
     }
-    if name.chars().any(char::is_control) {
+    if crate::user::has_hidden_characters(name, &[]) {
         return Err(Error::attribute(
             "name",
-            "name must not contain control characters.",
+            "name must not contain control characters or direction overrides.",
         ));
     }
     Ok(name.to_owned())

@@ -63,6 +63,22 @@ pub struct Person {
 }
 
 const MAX_NAME_CHARS: usize = 100;
+/// Whether text holds a character that changes how the text around it shows without showing
+/// itself: a control character, or a bidirectional override or isolate (U+202A..U+202E,
+/// U+2066..U+2069, U+200E, U+200F, U+061C), which can make a name or a reason read as
+/// something else on a page or in a log. Names, emails, key names and revoke reasons refuse
+/// them (`allow` lists the controls a field may keep, such as a line break in a reason).
+pub fn has_hidden_characters(text: &str, allow: &[char]) -> bool {
+    text.chars()
+        .any(|c| !allow.contains(&c) && is_hidden_character(c))
+}
+
+/// One character of [`has_hidden_characters`].
+pub fn is_hidden_character(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
 /// The longest email address, in bytes (RFC 5321's 254 octets). One rule for accepting an
 /// invitation, signing in and the sign-in throttle, so an address accepted is one that can
 /// sign in.
@@ -84,7 +100,8 @@ impl Person {
             || !domain.contains('.')
             || domain.starts_with('.')
             || domain.ends_with('.')
-            || email.chars().any(|c| c.is_whitespace() || c.is_control())
+            || email.chars().any(char::is_whitespace)
+            || has_hidden_characters(email, &[])
         {
             return Err(Error::attribute(
                 "email",
@@ -111,10 +128,10 @@ fn validate_name(field: &str, name: &str) -> Result<String> {
             format!("{field} is at most {MAX_NAME_CHARS} characters."),
         ));
     }
-    if name.chars().any(char::is_control) {
+    if has_hidden_characters(name, &[]) {
         return Err(Error::attribute(
             field,
-            format!("{field} must not contain control characters."),
+            format!("{field} must not contain control characters or direction overrides."),
         ));
     }
     Ok(name.to_owned())
@@ -156,6 +173,9 @@ mod tests {
             ("ada@example.com", "", "L"),
             ("ada@example.com", "Ada", "  "),
             ("ada@example.com", "A\u{7}", "L"),
+            ("ada@example.com", "Ada\u{202E}nimda", "L"),
+            ("ada@example.com", "Ada", "\u{2066}L"),
+            ("ada\u{200F}@example.com", "Ada", "L"),
         ] {
             assert!(
                 Person::validate(email, first, last).is_err(),

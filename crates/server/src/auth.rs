@@ -62,8 +62,39 @@ impl FromRequestParts<AppState> for PeerIp {
     }
 }
 
-/// The session cookie's name.
+/// The session cookie's name on plain HTTP (local use).
 pub const SESSION_COOKIE: &str = "keygate_session";
+
+/// The names of keygate's cookies. Served over TLS (`public_url` is https, or
+/// `secure_cookies`), they carry the `__Host-` prefix: the browser then takes them only with
+/// `Secure`, `Path=/` and no `Domain`, so neither a sibling subdomain nor a network attacker on
+/// plain HTTP can plant one (which is what the pre-sign-in double-submit token relies on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CookieNames {
+    pub session: &'static str,
+    /// The pre-sign-in form cookie (setup, sign-in, invitations, password reset).
+    pub form: &'static str,
+    /// Served over TLS: every cookie is `Secure`.
+    pub tls: bool,
+}
+
+impl CookieNames {
+    pub fn new(tls: bool) -> Self {
+        if tls {
+            Self {
+                session: "__Host-keygate_session",
+                form: "__Host-keygate_form",
+                tls,
+            }
+        } else {
+            Self {
+                session: SESSION_COOKIE,
+                form: "keygate_form",
+                tls,
+            }
+        }
+    }
+}
 /// The header that carries a session's CSRF token on API calls.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -108,7 +139,7 @@ impl FromRequestParts<AppState> for Caller {
         // A session cookie counts only when the request carries no credential of its own.
         let has_credential = parts.headers.contains_key(header::AUTHORIZATION)
             || parts.headers.contains_key("x-api-key");
-        if !has_credential && let Some(id) = cookie(&parts.headers, SESSION_COOKIE) {
+        if !has_credential && let Some(id) = cookie(&parts.headers, state.cookies.session) {
             return session_caller(parts, state, id).await.map(Self);
         }
         let token = match credential(&parts.headers)? {

@@ -56,6 +56,8 @@ pub struct AppState {
     pub forward_auth_headers: config::ForwardAuthHeaders,
     /// Where people reach keygate, for the links it shows (`public_url`).
     pub public_url: Option<Arc<str>>,
+    /// Cookie names (`__Host-` under TLS).
+    pub cookies: auth::CookieNames,
 }
 
 /// One route of the management API: its path under `/v1`, the methods it answers, and its
@@ -159,6 +161,18 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(security_headers));
+    // Served over TLS: browsers are told to come back over HTTPS only.
+    let pages = if state.cookies.tls {
+        pages.layer(middleware::map_response(|mut resp: Response| async move {
+            resp.headers_mut().insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            );
+            resp
+        }))
+    } else {
+        pages
+    };
     // Forward auth is the hot path: no middleware; it sets its own static headers.
     Router::new()
         .route("/authz", any(authz::authz_headers))

@@ -80,6 +80,13 @@ pub async fn build(
         ring,
         forward_auth_headers: config.forward_auth_headers,
         public_url: config.public_url.as_deref().map(Arc::from),
+        cookies: crate::auth::CookieNames::new(
+            config.secure_cookies
+                || config
+                    .public_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://")),
+        ),
     })
 }
 

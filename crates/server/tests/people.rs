@@ -22,7 +22,7 @@ use keygate_core::crypto::{MasterKey, PrivateKeyPem};
 use keygate_core::ids::Actor;
 use keygate_core::people::{SignIn, csrf_token};
 use keygate_core::role::RoleSet;
-use keygate_core::secret::Password;
+use keygate_core::secret::{BearerSecret, Password};
 use keygate_core::token::{Signer, sign_jwt};
 use keygate_core::user::Person;
 use keygate_server::config::{self, Overrides};
@@ -1456,6 +1456,79 @@ async fn passwords_change_reset_and_end_other_sessions() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _, _) = h.send(submit(&token)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Served over TLS (`public_url` is https): cookies carry the `__Host-` prefix and `Secure`, so a
+/// sibling subdomain or a network attacker cannot plant the pre-sign-in form cookie; pages send
+/// HSTS; invitation links use `public_url`, never the request's `Host`.
+#[tokio::test]
+async fn over_tls_cookies_are_host_prefixed_and_links_use_public_url() {
+    let h = Harness::with(|c| c.public_url = Some("https://kg.example.com".into())).await;
+    let (_, _) = h.account_holder().await;
+    let (status, headers, _) = h
+        .send(
+            Request::get("/signin")
+                .header(header::HOST, "evil.example")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["strict-transport-security"], "max-age=31536000");
+    assert!(set_cookie(&headers, "keygate_form").is_none());
+    let form = set_cookie(&headers, "__Host-keygate_form").expect("a __Host- form cookie");
+    assert!(
+        form.contains("; Secure") && form.contains("Path=/") && !form.contains("Domain"),
+        "{form}"
+    );
+    let token = form
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("__Host-keygate_form=")
+        .to_owned();
+    // The plain name is not accepted in its place.
+    let sign_in = |cookie_name: &str| {
+        Request::post("/signin")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, format!("{cookie_name}={token}"))
+            .body(Body::from(format!(
+                "csrf_token={token}&email=holder%40example.com&password={}",
+                PASSWORD.replace(' ', "+")
+            )))
+            .unwrap()
+    };
+    let (status, _, _) = h.send(sign_in("keygate_form")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, headers, _) = h.send(sign_in("__Host-keygate_form")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let session = set_cookie(&headers, "__Host-keygate_session").expect("a __Host- session cookie");
+    assert!(session.contains("; Secure"), "{session}");
+    let cookie = session.split(';').next().unwrap().to_owned();
+    // Invitation links: public_url, whatever Host the request names.
+    let id = cookie
+        .trim_start_matches("__Host-keygate_session=")
+        .to_owned();
+    let csrf = csrf_token(&BearerSecret::parse(&id).unwrap());
+    let (status, _, page) = h
+        .send(
+            Request::post("/access/people/invite")
+                .header(header::HOST, "evil.example")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(header::COOKIE, &cookie)
+                .body(Body::from(format!(
+                    "csrf_token={csrf}&first_name=Lin&last_name=Chen&email=lin%40example.com&roles=DEVELOPER"
+                )))
+                .unwrap(),
+        )
+        .await;
+    let page = String::from_utf8(page).unwrap();
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("https://kg.example.com/invitations/"),
+        "{page}"
+    );
+    assert!(!page.contains("evil.example"), "{page}");
 }
 
 #[tokio::test]

@@ -8,11 +8,8 @@ use axum::response::Response;
 use keygate_core::secret::Password;
 use maud::html;
 
-use super::{
-    CSRF_FIELD, FORM_COOKIE, Web, alert, clear_cookie, error_text, html_response, layout, redirect,
-};
+use super::{CSRF_FIELD, Web, alert, clear_cookie, error_text, html_response, layout, redirect};
 use crate::AppState;
-use crate::auth::SESSION_COOKIE;
 
 #[derive(Debug, serde::Deserialize)]
 pub struct AccountQuery {
@@ -70,7 +67,7 @@ pub async fn change_password(
         Ok(p) => p,
         Err(m) => return account_page(&web, StatusCode::UNPROCESSABLE_ENTITY, Some(&m), false),
     };
-    let Some(keep) = crate::auth::cookie(&headers, SESSION_COOKIE) else {
+    let Some(keep) = crate::auth::cookie(&headers, state.cookies.session) else {
         return redirect("/signin");
     };
     match state
@@ -101,7 +98,7 @@ pub async fn sign_out_everywhere(State(state): State<AppState>, web: Web, body: 
         return super::error_page(Some(&web), e);
     }
     let mut resp = redirect("/signin?signed_out=1");
-    clear_cookie(&mut resp, SESSION_COOKIE);
-    clear_cookie(&mut resp, FORM_COOKIE);
+    clear_cookie(&mut resp, state.cookies.session);
+    clear_cookie(&mut resp, state.cookies.form);
     resp
 }

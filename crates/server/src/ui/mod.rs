@@ -32,11 +32,10 @@ use keygate_core::user::Session;
 use maud::{DOCTYPE, Markup, html};
 
 use crate::AppState;
-use crate::auth::{SESSION_COOKIE, client_addr, cookie, csrf_matches};
+use crate::auth::{client_addr, cookie, csrf_matches};
 use crate::error::ErrorBody;
 
 /// The pre-session CSRF cookie (sign-in, setup and invitation forms).
-const FORM_COOKIE: &str = "keygate_form";
 /// The form field every state-changing form carries.
 const CSRF_FIELD: &str = "csrf_token";
 /// The largest form body read.
@@ -241,7 +240,7 @@ async fn home(
     headers: HeaderMap,
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Response {
-    let signed_in = match cookie(&headers, SESSION_COOKIE) {
+    let signed_in = match cookie(&headers, state.cookies.session) {
         Some(id) => matches!(state.users.session(id).await, Ok(Some(_))),
         None => false,
     };
@@ -299,7 +298,7 @@ impl FromRequestParts<AppState> for Web {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(id) = cookie(&parts.headers, SESSION_COOKIE).map(str::to_owned) else {
+        let Some(id) = cookie(&parts.headers, state.cookies.session).map(str::to_owned) else {
             return Err(redirect("/signin"));
         };
         match state.users.session(&id).await {
@@ -317,7 +316,7 @@ impl FromRequestParts<AppState> for Web {
             }
             Ok(None) => {
                 let mut resp = redirect("/signin?expired=1");
-                clear_cookie(&mut resp, SESSION_COOKIE);
+                clear_cookie(&mut resp, state.cookies.session);
                 Err(resp)
             }
             Err(e) => Err(error_page(None, e)),
@@ -408,34 +407,44 @@ fn csrf_refused() -> Response {
 /// A fresh pre-session form token and the cookie that holds it.
 fn pre_session_token(headers: &HeaderMap, state: &AppState) -> (String, Option<HeaderValue>) {
     if let Some(existing) =
-        cookie(headers, FORM_COOKIE).filter(|v| BearerSecret::parse(v).is_some())
+        cookie(headers, state.cookies.form).filter(|v| BearerSecret::parse(v).is_some())
     {
         return (existing.to_owned(), None);
     }
     let token = BearerSecret::generate()
         .map(|s| s.expose().to_owned())
         .unwrap_or_default();
-    let cookie = cookie_header(FORM_COOKIE, &token, Some(3600), is_secure(headers, state));
+    let cookie = cookie_header(
+        state.cookies.form,
+        &token,
+        Some(3600),
+        is_secure(headers, state),
+    );
     (token, cookie)
 }
 
 /// Reads a form sent before sign-in and checks its double-submit token.
-async fn pre_session_form(headers: &HeaderMap, body: Body) -> Result<Form, Response> {
+async fn pre_session_form(
+    headers: &HeaderMap,
+    state: &AppState,
+    body: Body,
+) -> Result<Form, Response> {
     let form = read_form(body).await?;
-    check_pre_session(headers, &form)?;
+    check_pre_session(headers, state, &form)?;
     Ok(form)
 }
 
 /// Checks the double-submit token of a form sent before sign-in.
-fn check_pre_session(headers: &HeaderMap, form: &Form) -> Result<(), Response> {
-    match (cookie(headers, FORM_COOKIE), form.get(CSRF_FIELD)) {
+fn check_pre_session(headers: &HeaderMap, state: &AppState, form: &Form) -> Result<(), Response> {
+    match (cookie(headers, state.cookies.form), form.get(CSRF_FIELD)) {
         (Some(c), Some(f)) if !c.is_empty() && constant_time_eq(c, f) => Ok(()),
         _ => Err(csrf_refused()),
     }
 }
 
 fn is_secure(headers: &HeaderMap, state: &AppState) -> bool {
-    state.secure_cookies
+    state.cookies.tls
+        || state.secure_cookies
         || headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
@@ -480,8 +489,14 @@ fn cookie_header(
 }
 
 fn clear_cookie(resp: &mut Response, name: &str) {
+    // A `__Host-` cookie is only ever set, or cleared, with `Secure`.
+    let secure = if name.starts_with("__Host-") {
+        "; Secure"
+    } else {
+        ""
+    };
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        "{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"
     )) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -496,14 +511,14 @@ fn start_session(
 ) -> Response {
     let mut resp = redirect(to);
     if let Some(c) = cookie_header(
-        SESSION_COOKIE,
+        state.cookies.session,
         session.id.expose(),
         None,
         is_secure(headers, state),
     ) {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
-    clear_cookie(&mut resp, FORM_COOKIE);
+    clear_cookie(&mut resp, state.cookies.form);
     resp
 }
 

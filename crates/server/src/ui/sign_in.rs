@@ -10,11 +10,11 @@ use keygate_core::user::Person;
 use maud::{Markup, html};
 
 use super::{
-    CSRF_FIELD, FORM_COOKIE, Web, alert, clear_cookie, error_text, html_response, layout,
-    message_page, pre_session_form, pre_session_token, redirect, role_label, start_session,
+    CSRF_FIELD, Web, alert, clear_cookie, error_text, html_response, layout, message_page,
+    pre_session_form, pre_session_token, redirect, role_label, start_session,
 };
 use crate::AppState;
-use crate::auth::{PeerIp, SESSION_COOKIE, cookie};
+use crate::auth::{PeerIp, cookie};
 
 type Peer = PeerIp;
 
@@ -112,7 +112,7 @@ pub async fn setup_submit(
     Path(link): Path<String>,
     body: Body,
 ) -> Response {
-    let mut form = match pre_session_form(&headers, body).await {
+    let mut form = match pre_session_form(&headers, &state, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -203,7 +203,7 @@ pub async fn sign_in_submit(
     peer: Peer,
     body: Body,
 ) -> Response {
-    let mut form = match pre_session_form(&headers, body).await {
+    let mut form = match pre_session_form(&headers, &state, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -254,7 +254,7 @@ pub async fn sign_out(
     if let Err(r) = web.form(body).await {
         return r;
     }
-    if let Some(id) = cookie(&headers, SESSION_COOKIE)
+    if let Some(id) = cookie(&headers, state.cookies.session)
         && let Err(e) = state
             .users
             .sign_out(id, &web.session, web.principal.source_ip)
@@ -263,8 +263,8 @@ pub async fn sign_out(
         return super::error_page(Some(&web), e);
     }
     let mut resp = redirect("/signin?signed_out=1");
-    clear_cookie(&mut resp, SESSION_COOKIE);
-    clear_cookie(&mut resp, FORM_COOKIE);
+    clear_cookie(&mut resp, state.cookies.session);
+    clear_cookie(&mut resp, state.cookies.form);
     resp
 }
 
@@ -325,7 +325,7 @@ pub async fn accept_submit(
     Path(link): Path<String>,
     body: Body,
 ) -> Response {
-    let mut form = match pre_session_form(&headers, body).await {
+    let mut form = match pre_session_form(&headers, &state, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -407,7 +407,7 @@ pub async fn reset_submit(
     Path(link): Path<String>,
     body: Body,
 ) -> Response {
-    let mut form = match pre_session_form(&headers, body).await {
+    let mut form = match pre_session_form(&headers, &state, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
