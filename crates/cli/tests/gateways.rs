@@ -1,7 +1,11 @@
-//! keygate behind a real gateway: nginx `auth_request` (from Debian's package, which
-//! `scripts/test` installs) in front of a test upstream, with the exact configuration shipped in
-//! `docs/gateways/nginx.conf`. Each outcome is observed through nginx: allowed (and what the
-//! upstream saw), 401, 403 and 429.
+//! keygate behind real gateways, each running the exact configuration shipped in
+//! `docs/gateways/` (the test only swaps addresses): nginx `auth_request` and Caddy
+//! `forward_auth` from Debian's packages, Traefik `forwardAuth` and Envoy `ext_authz` from pinned
+//! PyPI wheels (`scripts/test` installs all four). For each: the same walk, observed through the
+//! gateway (allowed, and what the upstream saw; 401, 403 and 429 with keygate's own JSON
+//! answer; a revoke taking effect), and the client's address: with keygate trusting the
+//! gateway, a secret key's IP ranges are matched against the address the client really
+//! connected from, never one it wrote in a header.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,137 +17,49 @@
 )] // test code: a failed expectation should panic; scenarios read top to bottom
 
 mod common;
+#[macro_use]
+#[path = "common/gateways.rs"]
+mod gateway;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use common::*;
+use gateway::{Gateway, Kind, http_from};
 use serde_json::{Value, json};
 
-const POLICY: &str = r#"
-forward_auth_headers = "nginx"
-[roles.DEVELOPER]
-allow = ["GET /v1/echo/**"]
-rate_limit_per_hour = 3
-"#;
-
-fn nginx_binary() -> PathBuf {
-    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("nginx is not installed: run ./scripts/test, which installs it");
+/// keygate's configuration for a gateway test: the gateway's header pair, the policy, and (for
+/// the client-address tests) trusted proxies: the gateway's address, and 127.0.0.3 as a client
+/// inside a trusted range (as when `trusted_proxies` is a network the clients share).
+fn config(kind: Kind, rate_limit_per_hour: u32, trust_gateway: bool) -> String {
+    format!(
+        "forward_auth_headers = \"{headers}\"\n{trusted}\n\
+         [roles.DEVELOPER]\nallow = [\"GET /v1/echo/**\"]\nrate_limit_per_hour = {rate_limit_per_hour}\n",
+        headers = kind.forward_auth_headers(),
+        trusted = if trust_gateway {
+            "trusted_proxies = [\"127.0.0.1\", \"127.0.0.3\"]"
+        } else {
+            ""
+        },
+    )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A keygate, an echoing upstream and a gateway between them; all stopped on drop.
+struct Setup {
+    up: Arc<Upstream>,
+    server: Server,
+    admin: Admin,
+    admin_token: String,
+    gateway: Gateway,
+    dir: tempfile::TempDir,
 }
 
-/// A real nginx master process running the shipped config; stopped on drop.
-struct Nginx {
-    child: Child,
-    base: String,
-}
-
-impl Nginx {
-    fn start(dir: &Path, keygate: &str, upstream: &str) -> Self {
-        let shipped = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/gateways/nginx.conf"),
-        )
-        .unwrap();
-        let port = free_port();
-        let site = shipped
-            .replace("server 127.0.0.1:8080;", &format!("server {keygate};"))
-            .replace("server 127.0.0.1:3000;", &format!("server {upstream};"))
-            .replace(
-                "listen 127.0.0.1:8000;",
-                &format!("listen 127.0.0.1:{port};"),
-            );
-        assert!(site.contains(&format!("listen 127.0.0.1:{port};")));
-        let d = dir.display();
-        // Workers run as root only when the test does (as in CI); nginx refuses `user` otherwise.
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-        let conf = format!(
-            "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             {site}\n}}\n",
-            user = if is_root { "user root;\n" } else { "" },
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(nginx_binary())
-            .args(["-p", &d.to_string(), "-c"])
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-            .spawn()
-            .expect("start nginx");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "nginx did not start: {}{}",
-                std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default(),
-                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM is nginx's fast shutdown: the master stops its workers and exits.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn error_of(resp: reqwest::Response) -> (u16, Option<String>, Value) {
-    let status = resp.status().as_u16();
-    let rate = resp
-        .headers()
-        .get("x-rate-limit")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
-    assert_eq!(ct, "application/json", "keygate's own answer, not nginx's");
-    (status, rate, resp.json().await.unwrap())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_auth_request_allows_401s_403s_and_429s() {
+async fn setup(kind: Kind, keygate_config: &str) -> Setup {
     let up = Arc::new(Upstream::default());
     let upstream = serve_upstream(echo_routes().with_state(Arc::clone(&up))).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("keygate.toml");
-    std::fs::write(&config, POLICY).unwrap();
+    std::fs::write(&config, keygate_config).unwrap();
     let server = Server::start_with(
         &dir.path().join("data"),
         &["--config", config.to_str().unwrap()],
@@ -152,22 +68,73 @@ async fn nginx_auth_request_allows_401s_403s_and_429s() {
     let admin = bootstrap(&server, &dir.path().join("out"));
     let admin_token = cli_token(&admin.key_file, &admin.key_id, &admin.issuer);
     wait_until_accepted(&server, &admin_token).await;
-    let dev_id = create_key(&server, &admin_token, &["DEVELOPER"]).await;
-    let dev_file = dir.path().join("dev.p8");
-    download_key(&server, &admin_token, &dev_id, &dev_file).await;
-    let dev = cli_token(&dev_file, &dev_id, &admin.issuer);
+    let gateway = Gateway::start(
+        kind,
+        &dir.path().join("gateway"),
+        server.base.trim_start_matches("http://"),
+        upstream.trim_start_matches("http://"),
+    )
+    .await;
+    Setup {
+        up,
+        server,
+        admin,
+        admin_token,
+        gateway,
+        dir,
+    }
+}
 
-    let nginx_dir = dir.path().join("nginx");
-    std::fs::create_dir(&nginx_dir).unwrap();
-    let keygate_addr = server.base.trim_start_matches("http://").to_owned();
-    let upstream_addr = upstream.trim_start_matches("http://").to_owned();
-    let nginx = Nginx::start(&nginx_dir, &keygate_addr, &upstream_addr);
+/// keygate's own refusal, as the gateway passed it on: (status, X-Rate-Limit, body).
+async fn error_of(resp: reqwest::Response) -> (u16, Option<String>, Value) {
+    let status = resp.status().as_u16();
+    let rate = resp
+        .headers()
+        .get("x-rate-limit")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(
+        ct, "application/json",
+        "keygate's own answer, not the gateway's"
+    );
+    (status, rate, resp.json().await.unwrap())
+}
+
+/// An allowed answer: checks keygate's `X-Rate-Limit` where this gateway puts it (the client's
+/// response, or for Traefik only the upstream request) and returns what the upstream saw.
+async fn allowed(kind: Kind, resp: reqwest::Response, rate: &str) -> Value {
+    assert_eq!(resp.status(), 200, "{}", kind.name());
+    let on_response = resp
+        .headers()
+        .get("x-rate-limit")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let seen: Value = resp.json().await.unwrap();
+    if kind.shows_rate_on_success() {
+        assert_eq!(on_response.as_deref(), Some(rate), "{}", kind.name());
+    } else {
+        assert_eq!(on_response, None, "{}", kind.name());
+        assert_eq!(seen["headers"]["x-rate-limit"], json!([rate]), "{seen}");
+    }
+    seen
+}
+
+/// The walk every gateway takes: 401 without a credential, an allowed request whose upstream
+/// sees keygate's identity and none of the client's claims, 403 (whatever method and URI the
+/// client claims in headers), the rate limit running out into 429, and a revoke.
+async fn walk(kind: Kind) {
+    let s = setup(kind, &config(kind, 3, false)).await;
+    let (server, admin, up) = (&s.server, &s.admin, &s.up);
+    let dev_id = create_key(server, &s.admin_token, &["DEVELOPER"]).await;
+    let dev_file = s.dir.path().join("dev.p8");
+    download_key(server, &s.admin_token, &dev_id, &dev_file).await;
+    let dev = cli_token(&dev_file, &dev_id, &admin.issuer);
+    let base = &s.gateway.base;
     let client = http();
 
     // 401: no credential. The body is keygate's, with the exact reason.
     let (status, rate, doc) = error_of(
         client
-            .get(format!("{}/v1/echo/a", nginx.base))
+            .get(format!("{base}/v1/echo/a"))
             .send()
             .await
             .unwrap(),
@@ -178,22 +145,20 @@ async fn nginx_auth_request_allows_401s_403s_and_429s() {
     assert_eq!(rate, None);
     assert_eq!(up.hits.load(Ordering::SeqCst), 0);
 
-    // Allowed: the upstream sees the identity, not the credential or the client's spoofing.
+    // Allowed: the upstream sees the identity, not the credential or the client's spoofing; a
+    // client's X-Keygate-Recheck does not turn the check into a refusal-only recheck.
     let resp = client
-        .get(format!("{}/v1/echo/a?x=%5B1%5D", nginx.base))
+        .get(format!("{base}/v1/echo/a?x=%5B1%5D"))
         .bearer_auth(&dev)
         .header("x-keygate-key-id", "SPOOFED000")
         .header("x-keygate-roles", "ADMIN")
         .header("x-keygate-user-id", "spoofed-user")
+        .header("x-keygate-recheck", "1")
+        .header("x-keygate-scope", "spoofed")
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers()["x-rate-limit"],
-        "user-hour-lim:3;user-hour-rem:2;"
-    );
-    let seen: Value = resp.json().await.unwrap();
+    let seen = allowed(kind, resp, "user-hour-lim:3;user-hour-rem:2;").await;
     let h = &seen["headers"];
     assert_eq!(seen["uri"], "/v1/echo/a?x=%5B1%5D");
     assert_eq!(h["x-keygate-key-id"], json!([dev_id]));
@@ -202,38 +167,50 @@ async fn nginx_auth_request_allows_401s_403s_and_429s() {
     assert_eq!(h["x-keygate-roles"], json!(["DEVELOPER"]));
     assert!(h.get("authorization").is_none(), "{h}");
     assert!(h.get("x-keygate-user-id").is_none(), "{h}");
+    assert!(h.get("x-keygate-recheck").is_none(), "{h}");
+    if kind.strips_every_keygate_header() {
+        assert!(h.get("x-keygate-scope").is_none(), "{h}");
+    } else {
+        assert_eq!(h["x-keygate-scope"], json!(["spoofed"]), "{h}");
+    }
     assert_eq!(up.hits.load(Ordering::SeqCst), 1);
 
-    // 403: the role does not allow the method.
+    // 403: the role does not allow the method, whichever original request the client claims
+    // in either gateway family's headers.
     let (status, rate, doc) = error_of(
         client
-            .delete(format!("{}/v1/echo/a", nginx.base))
+            .delete(format!("{base}/v1/echo/a"))
             .bearer_auth(&dev)
+            .header("x-original-method", "GET")
+            .header("x-original-uri", "/v1/echo/a")
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/v1/echo/a")
             .send()
             .await
             .unwrap(),
     )
     .await;
-    assert_eq!(status, 403);
+    assert_eq!(status, 403, "{doc}");
     assert_eq!(doc["errors"][0]["meta"]["reason"], "ROLE_NOT_ALLOWED");
     assert_eq!(rate.as_deref(), Some("user-hour-lim:3;user-hour-rem:2;"));
 
     // 429: two more are allowed, then the limit holds.
     for remaining in [1, 0] {
         let resp = client
-            .get(format!("{}/v1/echo/b", nginx.base))
+            .get(format!("{base}/v1/echo/b"))
             .bearer_auth(&dev)
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(
-            resp.headers()["x-rate-limit"],
-            format!("user-hour-lim:3;user-hour-rem:{remaining};").as_str()
-        );
+        allowed(
+            kind,
+            resp,
+            &format!("user-hour-lim:3;user-hour-rem:{remaining};"),
+        )
+        .await;
     }
     let resp = client
-        .get(format!("{}/v1/echo/b", nginx.base))
+        .get(format!("{base}/v1/echo/b"))
         .bearer_auth(&dev)
         .send()
         .await
@@ -245,20 +222,14 @@ async fn nginx_auth_request_allows_401s_403s_and_429s() {
     assert_eq!(rate.as_deref(), Some("user-hour-lim:3;user-hour-rem:0;"));
     assert_eq!(up.hits.load(Ordering::SeqCst), 3);
 
-    // A revoked key is refused through nginx on the next request.
-    let resp = http()
-        .patch(server.url(&format!("/v1/apiKeys/{dev_id}")))
-        .bearer_auth(&admin_token)
-        .json(
-            &json!({"data": {"type": "apiKeys", "id": dev_id, "attributes": {"isActive": false}}}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    // A revoked key is refused through the gateway on the next request.
+    assert_eq!(
+        revoke_key(server, &s.admin_token, &dev_id).await.status(),
+        200
+    );
     let (status, _, doc) = error_of(
         client
-            .get(format!("{}/v1/echo/a", nginx.base))
+            .get(format!("{base}/v1/echo/a"))
             .bearer_auth(&dev)
             .send()
             .await
@@ -267,4 +238,116 @@ async fn nginx_auth_request_allows_401s_403s_and_429s() {
     .await;
     assert_eq!(status, 401);
     assert_eq!(doc["errors"][0]["meta"]["reason"], "KEY_REVOKED");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 3);
+}
+
+/// Creates a `DEVELOPER` secret key usable only from `ip_range`; returns the secret.
+async fn secret_key_for(s: &Setup, ip_range: &str) -> String {
+    let resp = http()
+        .post(s.server.url("/v1/secretKeys"))
+        .bearer_auth(&s.admin_token)
+        .json(&json!({"data": {"type": "secretKeys", "attributes": {
+            "name": format!("from {ip_range}"),
+            "roles": ["DEVELOPER"],
+            "restrictions": {"ipRanges": [ip_range]},
+        }}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let doc: Value = resp.json().await.unwrap();
+    doc["data"]["attributes"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// What a client may write to claim another address.
+const ADDRESS_CLAIMS: [&[(&str, &str)]; 8] = [
+    &[],
+    &[("x-forwarded-for", "10.1.2.3")],
+    &[
+        ("x-forwarded-for", "10.1.2.3"),
+        ("x-forwarded-for", "10.1.2.4"),
+    ],
+    &[("x-forwarded-for", "10.1.2.3, 10.1.2.4")],
+    &[("x-forwarded-for", "10.1.2.3, 127.0.0.1")],
+    &[("x-real-ip", "10.1.2.3")],
+    &[("forwarded", "for=10.1.2.3")],
+    &[
+        ("forwarded", "for=10.1.2.3"),
+        ("x-real-ip", "10.1.2.3"),
+        ("x-forwarded-for", "10.1.2.3"),
+    ],
+];
+
+/// Sends a secret key from `client` with `claims`; returns (status, reason).
+async fn through(
+    client: &reqwest::Client,
+    base: &str,
+    secret: &str,
+    claims: &[(&str, &str)],
+) -> (u16, String) {
+    let mut req = client
+        .get(format!("{base}/v1/echo/a"))
+        .header("x-api-key", secret);
+    for (name, value) in claims {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.unwrap();
+    if resp.status() == 200 {
+        return (200, String::new());
+    }
+    reason(resp).await
+}
+
+/// keygate trusts the gateway (`trusted_proxies = ["127.0.0.1", ...]`) and the client connects
+/// from 127.0.0.2: a key restricted to 10.1.2.0/24 is refused whatever address the client
+/// claims, and a key restricted to 127.0.0.2/32 is allowed whatever it claims. A client on a
+/// trusted address (127.0.0.3) cannot name another either: the gateway must replace
+/// X-Forwarded-For, not append to it (keygate would skip the trusted entry and believe the
+/// claim to its left). Every case is tried; all that go wrong are reported together.
+async fn client_address(kind: Kind) {
+    let s = setup(kind, &config(kind, 1000, true)).await;
+    let elsewhere = secret_key_for(&s, "10.1.2.0/24").await;
+    let here = secret_key_for(&s, "127.0.0.2/32").await;
+    let base = &s.gateway.base;
+    let refused = (403, "IP_NOT_ALLOWED".to_owned());
+    let cases = [
+        ("127.0.0.2", "10.1.2.0/24", &elsewhere, &refused),
+        ("127.0.0.2", "127.0.0.2/32", &here, &(200, String::new())),
+        ("127.0.0.3", "10.1.2.0/24", &elsewhere, &refused),
+    ];
+    let mut wrong = Vec::new();
+    let mut allowed = 0;
+    for (from, range, secret, expected) in cases {
+        let client = http_from(from);
+        for claims in ADDRESS_CLAIMS {
+            let got = through(&client, base, secret, claims).await;
+            allowed += u64::from(got.0 == 200);
+            if &got != expected {
+                wrong.push(format!(
+                    "a client at {from} claiming {claims:?} with a key for {range}: {got:?}, not {expected:?}"
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} lets the client choose its address:\n{}",
+        kind.name(),
+        wrong.join("\n")
+    );
+    assert_eq!(s.up.hits.load(Ordering::SeqCst), allowed);
+}
+
+scenario_tests! {
+    nginx_auth_request_allows_401s_403s_and_429s => walk(Kind::Nginx);
+    traefik_forward_auth_allows_401s_403s_and_429s => walk(Kind::Traefik);
+    envoy_ext_authz_allows_401s_403s_and_429s => walk(Kind::Envoy);
+    caddy_forward_auth_allows_401s_403s_and_429s => walk(Kind::Caddy);
+    nginx_sets_the_client_address_itself => client_address(Kind::Nginx);
+    traefik_sets_the_client_address_itself => client_address(Kind::Traefik);
+    envoy_sets_the_client_address_itself => client_address(Kind::Envoy);
+    caddy_sets_the_client_address_itself => client_address(Kind::Caddy);
 }
