@@ -142,6 +142,10 @@ pub struct KeyRing {
     writes: AtomicU64,
     /// The secret keys, kept current from the same feed.
     secrets: SecretRing,
+    /// One feed reader at a time (the `LISTEN`-woken task, the poll, a reload's catch-up): two
+    /// readers in flight could apply an older read after a newer one, and the feed position,
+    /// already past the change, would never bring it back.
+    reader: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for KeyRing {
@@ -162,6 +166,7 @@ impl Default for KeyRing {
             writer: Mutex::new(()),
             writes: AtomicU64::new(0),
             secrets: SecretRing::default(),
+            reader: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -291,6 +296,11 @@ impl KeyRing {
 /// program verifying in-process against a keygate database does.
 impl KeyRing {
     /// Loads every key (start-up, or after losing the feed). Returns how many there are.
+    ///
+    /// The load does not hold up the feed: readers go on applying changes while it streams
+    /// (a revocation stays final whatever the load says). The load's snapshot may be older than
+    /// what they applied meanwhile (a role change), so once it is in, everything that changed
+    /// after the snapshot's position is read again, as one reader, and applied over it.
     pub async fn reload_from(&self, feed: &dyn ChangeFeed) -> Result<usize> {
         let mut count = 0;
         let seq = feed
@@ -299,25 +309,33 @@ impl KeyRing {
                 self.replace_all(&batch, 0);
             })
             .await?;
-        // Read after the keys' snapshot: at worst newer than `seq`, and the feed re-applies
-        // whatever changed in between.
+        // Read after the keys' snapshot: at worst newer than `seq`, and the catch-up below
+        // re-applies whatever changed in between.
         let secrets = feed.load_all_secret_keys().await?;
         count += secrets.len();
         self.secrets.apply(&secrets);
+        let _one_reader = self.reader.lock().await;
+        self.read_changes(feed, seq).await?;
         self.seq.fetch_max(seq, Ordering::AcqRel);
         Ok(count)
     }
 
-    /// Applies what changed since the snapshot's position. Returns how many keys changed.
+    /// Applies what changed since the ring's position. Returns how many keys changed.
     pub async fn sync_from(&self, feed: &dyn ChangeFeed) -> Result<usize> {
+        let _one_reader = self.reader.lock().await;
+        self.read_changes(feed, self.seq()).await
+    }
+
+    /// Reads and applies every change after position `from`; only under the reader lock.
+    async fn read_changes(&self, feed: &dyn ChangeFeed, from: i64) -> Result<usize> {
         const BATCH: u32 = 1000;
         // Reads overtaken by a write on this node are read again, this many times at most;
         // after that the read is applied and the next sync corrects it.
         const REREADS: u32 = 8;
         let mut applied = 0;
         let mut rereads = 0;
+        let mut from = from;
         loop {
-            let from = self.seq();
             let changes = feed.changes_since(from, BATCH).await?;
             let Some(&(last, _)) = changes.last() else {
                 return Ok(applied);
@@ -341,6 +359,7 @@ impl KeyRing {
                 self.apply(&keys, last);
             }
             applied += keys.len() + secrets.len();
+            from = last;
             if changes.len() < BATCH as usize {
                 return Ok(applied);
             }
@@ -499,6 +518,103 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// A feed where a role change commits while the first reader's read of key states is in
+    /// flight (it returns the state from before), and a second reader (the poll beside the
+    /// `LISTEN`-woken task) starts then.
+    struct RacingFeed {
+        old: ApiKey,
+        new: ApiKey,
+        entries: Mutex<Vec<(i64, KeyId)>>,
+        changed: std::sync::atomic::AtomicBool,
+        reads: Mutex<u32>,
+        entered: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl ChangeFeed for RacingFeed {
+        async fn load_all_keys(
+            &self,
+            _each_batch: &mut (dyn FnMut(Vec<ApiKey>) + Send),
+        ) -> Result<i64> {
+            Ok(0)
+        }
+        async fn changes_since(&self, seq: i64, _limit: u32) -> Result<Vec<(i64, KeyId)>> {
+            let entries = self.entries.lock().unwrap();
+            Ok(entries.iter().copied().filter(|(p, _)| *p > seq).collect())
+        }
+        async fn keys_by_id(&self, _ids: &[KeyId]) -> Result<Vec<ApiKey>> {
+            let first = {
+                let mut reads = self.reads.lock().unwrap();
+                *reads += 1;
+                *reads == 1
+            };
+            let state = if self.changed.load(Ordering::Acquire) {
+                self.new.clone()
+            } else {
+                self.old.clone()
+            };
+            if first {
+                self.entered.notify_one();
+                self.release.notified().await;
+            }
+            Ok(vec![state])
+        }
+        async fn load_all_secret_keys(&self) -> Result<Vec<SecretKey>> {
+            Ok(Vec::new())
+        }
+        async fn secret_keys_by_id(&self, _ids: &[KeyId]) -> Result<Vec<SecretKey>> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Two feed readers racing: the older read never lands after the newer one. (Without one
+    /// reader at a time, the first reader applied the old roles after the second applied the
+    /// new ones, and the feed position, past the change, never brought them back.)
+    #[test]
+    fn racing_readers_never_apply_an_older_read_over_a_newer_one() {
+        let old = key(7);
+        let mut new = old.clone();
+        new.roles = RoleCatalog::default().key_roles(&["ADMIN"]).unwrap();
+        let ring = Arc::new(KeyRing::new());
+        let feed = Arc::new(RacingFeed {
+            old: old.clone(),
+            new,
+            entries: Mutex::new(vec![(1, old.id)]),
+            changed: std::sync::atomic::AtomicBool::new(false),
+            reads: Mutex::new(0),
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let first = tokio::spawn({
+                let (ring, feed) = (Arc::clone(&ring), Arc::clone(&feed));
+                async move { ring.sync_from(feed.as_ref()).await }
+            });
+            feed.entered.notified().await;
+            // The role change commits while the first read is in flight.
+            feed.entries.lock().unwrap().push((2, old.id));
+            feed.changed.store(true, Ordering::Release);
+            let second = tokio::spawn({
+                let (ring, feed) = (Arc::clone(&ring), Arc::clone(&feed));
+                async move { ring.sync_from(feed.as_ref()).await }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            feed.release.notify_one();
+            first.await.unwrap().unwrap();
+            second.await.unwrap().unwrap();
+        });
+        assert!(
+            ring.get(&old.id).unwrap().roles.contains("ADMIN"),
+            "the newer roles stay"
+        );
+        assert_eq!(ring.seq(), 2);
     }
 
     #[test]

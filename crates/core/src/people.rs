@@ -493,8 +493,10 @@ impl UserService {
     }
 
     /// Deletes idle sessions and spent links. Run periodically.
+    /// Decided with the database's clock: a node whose clock runs ahead must not end every
+    /// session of the deployment.
     pub async fn sweep(&self) -> Result<u64> {
-        let now = self.clock.now();
+        let now = self.store.db_now().await?;
         self.store
             .sweep_sessions(now.saturating_sub(self.limits.idle_timeout), now)
             .await

@@ -243,7 +243,15 @@ pub struct KeyService {
     limits: KeyLimits,
     roles: RoleCatalog,
     ring: Arc<KeyRing>,
+    /// When the change feed was last read (or every key loaded) successfully, for `/readyz`.
+    last_feed_read: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// Longest wait for one read of the change feed: a connection that died without closing (a
+/// frozen host, a failover, lost NAT state) must not stop a node following it.
+pub const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest wait for loading every key (a million keys load in a few seconds).
+pub const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 const MAX_NAME_CHARS: usize = 100;
 const MAX_REASON_CHARS: usize = 500;
@@ -264,6 +272,7 @@ impl KeyService {
             limits,
             roles,
             ring,
+            last_feed_read: std::sync::Mutex::new(None),
         }
     }
 
@@ -593,8 +602,10 @@ impl KeyService {
     }
 
     /// Erases private keys whose download window has passed. Run periodically.
+    /// Decided with the database's clock, not this node's: a node started with its clock a day
+    /// ahead must not erase keys other nodes created minutes ago.
     pub async fn erase_stale_private_keys(&self) -> Result<usize> {
-        let now = self.clock.now();
+        let now = self.store.db_now().await?;
         let erased = self
             .store
             .erase_stale_private_keys(
@@ -635,13 +646,46 @@ impl KeyService {
         }
     }
 
+    /// Reloads every key; bounded by [`RELOAD_TIMEOUT`] so a connection that died silently
+    /// cannot hold the feed's reader forever.
     pub async fn reload_keys(&self) -> Result<usize> {
-        self.ring.reload_from(self.store.as_ref()).await
+        let loaded =
+            tokio::time::timeout(RELOAD_TIMEOUT, self.ring.reload_from(self.store.as_ref()))
+                .await
+                .map_err(|_| Error::Unavailable("reloading the keys timed out".into()))??;
+        self.feed_read_ok();
+        Ok(loaded)
     }
 
     /// Applies what other processes changed since the last sync. Returns how many keys changed.
+    /// Bounded by [`SYNC_TIMEOUT`].
     pub async fn sync_keys(&self) -> Result<usize> {
-        self.ring.sync_from(self.store.as_ref()).await
+        let changed = tokio::time::timeout(SYNC_TIMEOUT, self.ring.sync_from(self.store.as_ref()))
+            .await
+            .map_err(|_| Error::Unavailable("reading the change feed timed out".into()))??;
+        self.feed_read_ok();
+        Ok(changed)
+    }
+
+    fn feed_read_ok(&self) {
+        if let Ok(mut at) = self.last_feed_read.lock() {
+            *at = Some(std::time::Instant::now());
+        }
+    }
+
+    /// How long ago this node last read the change feed (or loaded every key) successfully;
+    /// `None` before the first time.
+    pub fn feed_read_age(&self) -> Option<std::time::Duration> {
+        self.last_feed_read
+            .lock()
+            .ok()
+            .and_then(|at| at.map(|t| t.elapsed()))
+    }
+
+    /// The database's clock minus this node's, in seconds (positive: this node is behind).
+    pub async fn clock_skew(&self) -> Result<i64> {
+        let db = self.store.db_now().await?;
+        Ok(db - self.clock.now())
     }
 }
 

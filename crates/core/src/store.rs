@@ -329,6 +329,9 @@ pub trait DeploymentStore: Send + Sync {
     /// Stores `candidate` as the master-key check value unless one exists; returns the stored
     /// value. A node whose master key cannot open it has the wrong key for this database.
     async fn master_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>>;
+    /// The database's own clock, in Unix seconds: what sweeps of shared state decide with, so
+    /// one node's wrong clock cannot expire what other nodes made.
+    async fn db_now(&self) -> Result<UnixTime>;
 }
 
 /// Everything keygate stores, behind one handle.

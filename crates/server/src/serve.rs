@@ -173,6 +173,18 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // The sweeps decide with the database's clock; a node whose own clock is off still
+            // verifies token times with it, so it says so loudly (and /readyz fails).
+            match keys.clock_skew().await {
+                Ok(skew) if skew.abs() > crate::routes::health::MAX_CLOCK_SKEW => {
+                    tracing::warn!(
+                        skew_seconds = skew,
+                        "this node's clock differs from the database's; token times are judged by this node's clock: fix its time sync"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the database's clock"),
+            }
             match keys.erase_stale_private_keys().await {
                 Ok(0) => {}
                 Ok(n) => {

@@ -1192,11 +1192,25 @@ async fn health_and_readiness() {
         (status, doc["status"].as_str()),
         (StatusCode::OK, Some("ok"))
     );
+    // This node's (manual) clock is far from the database's: not ready, and it says why.
+    let (status, doc) = h.call("GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{doc}");
+    let detail = doc["errors"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("clock differs from the database's"),
+        "{detail}"
+    );
+    // With the clocks in step, and the feed read at start-up: ready.
+    let db_now = h.state.keys.store().db_now().await.unwrap();
+    h.clock.set(db_now);
     let (status, doc) = h.call("GET", "/readyz", None, None).await;
     assert_eq!(
         (status, doc["status"].as_str()),
-        (StatusCode::OK, Some("ready"))
+        (StatusCode::OK, Some("ready")),
+        "{doc}"
     );
+    assert!(doc["clockSkewSeconds"].as_i64().unwrap().abs() <= 5);
+    assert!(doc["feedReadAgeMs"].is_u64());
 }
 
 /// The rolling-hour limit on the data plane, with the manual clock: the header counts down, the

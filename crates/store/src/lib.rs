@@ -42,6 +42,13 @@ pub async fn open_existing(url: &str) -> Result<Arc<dyn Store>> {
     open(url).await
 }
 
+/// How long the change listener may be quiet before its connection must prove it is alive.
+pub const LISTEN_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long that proof may take.
+pub const LISTEN_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// Longest wait to connect the change listener.
+pub const LISTEN_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What woke a node that follows a database's changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeEvent {
@@ -72,18 +79,46 @@ impl ChangeNotifier {
 
     /// Waits for the next event. An error means the database is unreachable; call again (after
     /// a pause) to reconnect, which then reports [`ChangeEvent::Resync`].
+    ///
+    /// A connection can die without closing (a frozen host, a failover, lost firewall or NAT
+    /// state): then no notification and no error ever arrive. So after
+    /// [`LISTEN_HEARTBEAT`] of quiet the connection must answer a query within
+    /// [`LISTEN_PING_TIMEOUT`], or it is dropped and the next call connects anew.
     pub async fn next(&mut self) -> Result<ChangeEvent> {
-        let Some(listener) = self.listener.as_mut() else {
-            self.listener = Some(postgres::listen_changes(&self.url).await?);
-            return Ok(ChangeEvent::Resync);
-        };
-        match listener.try_recv().await {
-            Ok(Some(_)) => Ok(ChangeEvent::Changed),
-            // The connection dropped and was re-established: notifications in between are lost.
-            Ok(None) => Ok(ChangeEvent::Resync),
-            Err(e) => {
-                self.listener = None;
-                Err(Error::Unavailable(format!("change listener: {e}")))
+        loop {
+            let Some(listener) = self.listener.as_mut() else {
+                let connected = tokio::time::timeout(
+                    LISTEN_CONNECT_TIMEOUT,
+                    postgres::listen_changes(&self.url),
+                )
+                .await
+                .map_err(|_| {
+                    Error::Unavailable("change listener: connecting timed out".into())
+                })??;
+                self.listener = Some(connected);
+                return Ok(ChangeEvent::Resync);
+            };
+            match tokio::time::timeout(LISTEN_HEARTBEAT, listener.try_recv()).await {
+                Ok(Ok(Some(_))) => return Ok(ChangeEvent::Changed),
+                // The connection dropped and was re-established: notifications in between are
+                // lost.
+                Ok(Ok(None)) => return Ok(ChangeEvent::Resync),
+                Ok(Err(e)) => {
+                    self.listener = None;
+                    return Err(Error::Unavailable(format!("change listener: {e}")));
+                }
+                Err(_quiet) => {
+                    let ping = sqlx::query("SELECT 1").execute(&mut *listener);
+                    if !matches!(
+                        tokio::time::timeout(LISTEN_PING_TIMEOUT, ping).await,
+                        Ok(Ok(_))
+                    ) {
+                        self.listener = None;
+                        return Err(Error::Unavailable(
+                            "change listener: the connection stopped answering".into(),
+                        ));
+                    }
+                }
             }
         }
     }

@@ -80,23 +80,15 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects (failing if the server cannot be reached) and migrates the database.
     pub async fn open(url: &str) -> Result<Self> {
-        // The error names what is wrong with the URL, never the URL (it may hold a password).
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| Error::body(format!("invalid PostgreSQL URL: {e}")))?
-            // A node that stalls (or is cut off) inside a transaction must not hold the feed
-            // lock, and so every node's writes, for the hours TCP keepalive would take: waits
-            // for a lock, statements, and idle transactions are bounded, and a timed-out
-            // write answers 503 (see `rows::BUSY_STATES`).
-            .options([
-                ("lock_timeout", "5s"),
-                ("statement_timeout", "30s"),
-                ("idle_in_transaction_session_timeout", "15s"),
-            ]);
+        let options = connect_options(url)?;
+        // Idle connections are few seconds old at most: after a silent cut (the network, a
+        // failover) a pooled connection may be dead without knowing it, and each one costs a
+        // full acquire timeout to find out.
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
-            .idle_timeout(Duration::from_secs(60))
+            .idle_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
             .map_err(db_err)?;
@@ -150,6 +142,27 @@ impl PostgresStore {
     }
 }
 
+/// Connection options for every connection keygate makes. The error names what is wrong with
+/// the URL, never the URL (it may hold a password).
+fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)
+        .map_err(|e| Error::body(format!("invalid PostgreSQL URL: {e}")))?
+        // A node that stalls (or is cut off) inside a transaction must not hold the feed lock,
+        // and so every node's writes, for the hours TCP keepalive would take by default: waits
+        // for a lock, statements, and idle transactions are bounded, and a timed-out write
+        // answers 503 (see `rows::BUSY_STATES`). The server probes each connection after 10 s
+        // of silence, so it drops a vanished node's session (and its locks) within ~25 s; this
+        // side bounds every call with timeouts instead (the client cannot set keepalive here).
+        .options([
+            ("lock_timeout", "5s"),
+            ("statement_timeout", "30s"),
+            ("idle_in_transaction_session_timeout", "15s"),
+            ("tcp_keepalives_idle", "10"),
+            ("tcp_keepalives_interval", "5"),
+            ("tcp_keepalives_count", "3"),
+        ]))
+}
+
 /// Connects a listener for [`CHANGES_CHANNEL`], for a node to learn of changes as they commit
 /// instead of waiting for its next poll.
 ///
@@ -158,7 +171,11 @@ impl PostgresStore {
 /// is lost; `PgListener::try_recv` answers `Ok(None)` when that happens (and reconnects), and
 /// the node should then read the feed.
 pub async fn listen_changes(url: &str) -> Result<PgListener> {
-    let mut listener = PgListener::connect(url).await.map_err(db_err)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(connect_options(url)?);
+    let mut listener = PgListener::connect_with(&pool).await.map_err(db_err)?;
     listener.listen(CHANGES_CHANNEL).await.map_err(db_err)?;
     Ok(listener)
 }
@@ -917,6 +934,13 @@ impl AuditStore for PostgresStore {
 
 #[async_trait]
 impl DeploymentStore for PostgresStore {
+    async fn db_now(&self) -> Result<UnixTime> {
+        sqlx::query_scalar("SELECT CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)
+    }
+
     async fn master_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>> {
         let mut tx = self.begin().await?;
         // A concurrent first insert makes this one wait for its commit, then do nothing; the

@@ -944,6 +944,13 @@ impl AuditStore for SqliteStore {
 
 #[async_trait]
 impl DeploymentStore for SqliteStore {
+    async fn db_now(&self) -> Result<UnixTime> {
+        sqlx::query_scalar("SELECT CAST(strftime('%s', 'now') AS INTEGER)")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db_err)
+    }
+
     async fn master_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>> {
         let mut tx = self.begin().await?;
         sqlx::query("INSERT OR IGNORE INTO deployment (id, master_key_check) VALUES (1, ?)")
