@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::ids::{Actor, InvitationId, IssuerId, UserId};
 use crate::keyset::KeyRing;
 use crate::role::{Role, RoleCatalog, RoleSet};
-use crate::secret::{BearerSecret, Password, PasswordHashText};
+use crate::secret::{BearerSecret, HashingMemory, Password, PasswordHashText};
 use crate::store::Store;
 use crate::throttle::{SignInThrottle, ThrottleLimits};
 use crate::user::{INVITATION_LIFETIME, Invitation, Person, Session, User, grantable_roles};
@@ -37,6 +37,55 @@ impl Default for SessionLimits {
             absolute_lifetime: 12 * 3600,
             throttle: ThrottleLimits::default(),
         }
+    }
+}
+
+/// Password hashing off the async workers, at most a few at once, each in one of a fixed set of
+/// reused 19 MiB buffers. The permit and the buffer move into the blocking job, so a client
+/// that goes away frees neither while its hash still runs; and since no hash allocates its
+/// memory, what the allocator keeps of freed blocks cannot grow either. Password hashing
+/// holds at most `HASHING_AT_ONCE` × 19 MiB, whatever clients do.
+#[derive(Debug)]
+struct HashingPool {
+    permits: Arc<tokio::sync::Semaphore>,
+    memory: Arc<std::sync::Mutex<Vec<HashingMemory>>>,
+}
+
+impl HashingPool {
+    fn new(at_once: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(at_once)),
+            memory: Arc::new(std::sync::Mutex::new(Vec::with_capacity(at_once))),
+        }
+    }
+
+    /// Runs `work` with a buffer, off the async workers, once a place is free.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut HashingMemory) -> T + Send + 'static,
+    ) -> Result<T> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Internal("password hashing closed".into()))?;
+        let pool = Arc::clone(&self.memory);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let lock = |p: &std::sync::Mutex<Vec<HashingMemory>>| {
+                p.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .pop()
+            };
+            // At most one buffer per permit is ever made.
+            let mut memory = lock(&pool).unwrap_or_default();
+            let out = work(&mut memory);
+            pool.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(memory);
+            out
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))
     }
 }
 
@@ -86,10 +135,7 @@ pub struct UserService {
     ring: Arc<KeyRing>,
     limits: SessionLimits,
     throttle: SignInThrottle,
-    /// Caps concurrent argon2 hashes. The permit moves into the blocking job, so a client that
-    /// goes away does not free a place while its hash still runs (memory stays bounded by
-    /// `HASHING_AT_ONCE` × argon2's 19 MiB whatever clients do).
-    hashing: Arc<tokio::sync::Semaphore>,
+    hashing: HashingPool,
 }
 
 impl UserService {
@@ -107,7 +153,7 @@ impl UserService {
             ring,
             throttle: SignInThrottle::new(limits.throttle),
             limits,
-            hashing: Arc::new(tokio::sync::Semaphore::new(HASHING_AT_ONCE)),
+            hashing: HashingPool::new(HASHING_AT_ONCE),
         }
     }
 
@@ -198,20 +244,20 @@ impl UserService {
         };
         let hashes: Vec<PasswordHashText> =
             candidates.iter().map(|u| u.password_hash.clone()).collect();
-        let permit = self.hashing_permit().await?;
-        let matched = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            if hashes.is_empty() {
-                // Same work as a real check, so timing does not say whether the email exists.
-                if let Some(dummy) = DUMMY_HASH.as_ref() {
-                    let _ = password.matches(dummy);
+        let matched = self
+            .hashing
+            .run(move |memory| {
+                if hashes.is_empty() {
+                    // Same work as a real check, so timing does not say whether the email
+                    // exists.
+                    if let Some(dummy) = DUMMY_HASH.as_ref() {
+                        let _ = password.matches_with(dummy, memory);
+                    }
+                    return None;
                 }
-                return None;
-            }
-            hashes.iter().position(|h| password.matches(h))
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("password check task failed: {e}")))?;
+                hashes.iter().position(|h| password.matches_with(h, memory))
+            })
+            .await?;
         let Some(user) = matched.and_then(|i| candidates.get(i)).cloned() else {
             for u in &candidates {
                 let audit = NewAuditEvent::new(
@@ -250,23 +296,11 @@ impl UserService {
         Ok(NewSession { user, id })
     }
 
-    /// A place among the concurrent hashes, to be moved into the blocking job that hashes.
-    async fn hashing_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
-        Arc::clone(&self.hashing)
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Internal("password hashing closed".into()))
-    }
-
     /// Hashes a new password off the async workers, a few at a time.
     async fn hash_password(&self, password: Password) -> Result<PasswordHashText> {
-        let permit = self.hashing_permit().await?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            password.hash()
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))?
+        self.hashing
+            .run(move |memory| password.hash_with(memory))
+            .await?
     }
 
     /// The live session behind a cookie value, if any: used within the idle timeout, and
@@ -347,13 +381,10 @@ impl UserService {
             )));
         }
         let stored = user.password_hash.clone();
-        let permit = self.hashing_permit().await?;
-        let matches = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            current.matches(&stored)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("password check task failed: {e}")))?;
+        let matches = self
+            .hashing
+            .run(move |memory| current.matches_with(&stored, memory))
+            .await?;
         if !matches {
             return Err(Error::attribute(
                 "currentPassword",

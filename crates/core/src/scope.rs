@@ -153,6 +153,12 @@ impl ScopeEntry {
         &self.path
     }
 
+    /// How many strings the parsed entry holds (path segments and query names and values):
+    /// what it costs in memory beyond the token's bytes.
+    pub fn parts(&self) -> usize {
+        self.path.segments().len() + 2 * self.query.len()
+    }
+
     /// Whether the request is the one this entry names. A request whose path or query does not
     /// decode cleanly matches nothing.
     pub fn matches(&self, target: &RequestTarget<'_>) -> bool {

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{Output, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -118,25 +118,76 @@ impl Password {
     /// Hashes with argon2id at OWASP's parameters (19 MiB, 2 passes, 1 lane) and a random salt,
     /// as a PHC string. Takes tens of milliseconds: call it off the async workers.
     pub fn hash(&self) -> Result<PasswordHashText> {
+        self.hash_with(&mut HashingMemory::new())
+    }
+
+    /// [`hash`](Self::hash) in `memory`, which the caller reuses: hashing then costs no
+    /// allocation of its 19 MiB, so the memory of password hashing stays what the pool holds,
+    /// whatever the allocator keeps of freed blocks.
+    pub fn hash_with(&self, memory: &mut HashingMemory) -> Result<PasswordHashText> {
         let mut salt = [0u8; 16];
         SystemRandom::new()
             .fill(&mut salt)
             .map_err(|_| Error::Internal("OS random number generator failed".into()))?;
-        let salt = SaltString::encode_b64(&salt)
+        let salt_text = SaltString::encode_b64(&salt)
             .map_err(|e| Error::Internal(format!("password salt: {e}")))?;
-        let phc = argon2()?
-            .hash_password(self.0.as_bytes(), &salt)
+        let params = params()?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+            .hash_password_into_with_memory(self.0.as_bytes(), &salt, out.as_mut(), memory.blocks())
             .map_err(|e| Error::Internal(format!("password hashing failed: {e}")))?;
+        let phc = PasswordHash {
+            algorithm: argon2::ARGON2ID_IDENT,
+            version: Some(Version::V0x13.into()),
+            params: (&params)
+                .try_into()
+                .map_err(|e| Error::Internal(format!("argon2 parameters: {e}")))?,
+            salt: Some(salt_text.as_salt()),
+            hash: Some(
+                Output::new(out.as_ref())
+                    .map_err(|e| Error::Internal(format!("password hash: {e}")))?,
+            ),
+        };
         Ok(PasswordHashText(phc.to_string()))
     }
 
     /// Checks against a stored hash, in constant time. A corrupt stored hash never matches.
     pub fn matches(&self, stored: &PasswordHashText) -> bool {
-        PasswordHash::new(&stored.0).is_ok_and(|parsed| {
-            Argon2::default()
-                .verify_password(self.0.as_bytes(), &parsed)
-                .is_ok()
-        })
+        self.matches_with(stored, &mut HashingMemory::new())
+    }
+
+    /// [`matches`](Self::matches) in reused `memory` (a stored hash with more memory than
+    /// it holds is checked in a fresh allocation).
+    pub fn matches_with(&self, stored: &PasswordHashText, memory: &mut HashingMemory) -> bool {
+        let Ok(parsed) = PasswordHash::new(&stored.0) else {
+            return false;
+        };
+        let (Ok(algorithm), Ok(params), Some(salt), Some(expected)) = (
+            Algorithm::try_from(parsed.algorithm),
+            Params::try_from(&parsed),
+            parsed.salt,
+            parsed.hash,
+        ) else {
+            return false;
+        };
+        let version = match parsed.version.map(Version::try_from) {
+            None => Version::V0x13,
+            Some(Ok(v)) => v,
+            Some(Err(_)) => return false,
+        };
+        let mut salt_buf = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+            return false;
+        };
+        let mut out = Zeroizing::new(vec![0u8; expected.len()]);
+        let argon = Argon2::new(algorithm, version, params.clone());
+        let hashed = if params.block_count() <= memory.0.len() {
+            argon.hash_password_into_with_memory(self.0.as_bytes(), salt, &mut out, memory.blocks())
+        } else {
+            argon.hash_password_into(self.0.as_bytes(), salt, &mut out)
+        };
+        // `Output`'s equality is constant-time.
+        hashed.is_ok() && Output::new(&out).is_ok_and(|got| got == expected)
     }
 }
 
@@ -146,10 +197,38 @@ impl fmt::Debug for Password {
     }
 }
 
-fn argon2() -> Result<Argon2<'static>> {
-    let params = Params::new(19 * 1024, 2, 1, None)
-        .map_err(|e| Error::Internal(format!("argon2 parameters: {e}")))?;
-    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+/// argon2id at OWASP's parameters: 19 MiB, 2 passes, 1 lane.
+const MEMORY_KIB: u32 = 19 * 1024;
+
+fn params() -> Result<Params> {
+    Params::new(MEMORY_KIB, 2, 1, None)
+        .map_err(|e| Error::Internal(format!("argon2 parameters: {e}")))
+}
+
+/// The working memory of one argon2 hash (19 MiB), kept and reused by whoever hashes: a fixed
+/// pool of these bounds password hashing's memory.
+pub struct HashingMemory(Vec<argon2::Block>);
+
+impl HashingMemory {
+    pub fn new() -> Self {
+        Self(vec![argon2::Block::default(); MEMORY_KIB as usize])
+    }
+
+    fn blocks(&mut self) -> &mut [argon2::Block] {
+        &mut self.0
+    }
+}
+
+impl Default for HashingMemory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for HashingMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HashingMemory({} KiB)", self.0.len())
+    }
 }
 
 /// An argon2id PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`), as stored.
@@ -212,6 +291,44 @@ mod tests {
         assert!(Password::new("short".into()).validate_new().is_err());
         assert!(constant_time_eq("abc", "abc") && !constant_time_eq("abc", "abd"));
         assert!(!constant_time_eq("abc", "ab"));
+    }
+
+    /// Hashing in reused memory is the same PHC format argon2's own hasher writes, both ways:
+    /// hashes stored by earlier versions still verify, and ours verify with argon2's verifier;
+    /// one buffer serves hash after hash; other parameters are read from the stored string.
+    #[test]
+    fn pooled_memory_hashes_are_standard_phc() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let mut memory = HashingMemory::new();
+        let pw = Password::new("correct horse battery".into());
+        let ours = pw.hash_with(&mut memory).unwrap();
+        let parsed = PasswordHash::new(ours.as_str()).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(pw.0.as_bytes(), &parsed)
+                .is_ok()
+        );
+        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params().unwrap())
+            .hash_password(pw.0.as_bytes(), &salt)
+            .unwrap()
+            .to_string();
+        let theirs = PasswordHashText::from_stored(theirs);
+        for _ in 0..3 {
+            assert!(pw.matches_with(&theirs, &mut memory));
+            assert!(pw.matches_with(&ours, &mut memory));
+            assert!(!Password::new("wrong".into()).matches_with(&ours, &mut memory));
+        }
+        // Cheaper parameters (an older deployment's) and argon2i still verify.
+        let light = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x13,
+            Params::new(64, 1, 1, None).unwrap(),
+        )
+        .hash_password(pw.0.as_bytes(), &salt)
+        .unwrap()
+        .to_string();
+        assert!(pw.matches_with(&PasswordHashText::from_stored(light), &mut memory));
     }
 }
 

@@ -24,6 +24,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::clock::UnixTime;
 use crate::keyset::KeyRing;
+use crate::scope::ScopeEntry;
 use crate::token::VerifiedToken;
 
 const SHARDS: usize = 64;
@@ -32,6 +33,11 @@ const SHARDS: usize = 64;
 /// bounded in bytes (entries × this), not just in entries. Real clients' tokens are 300–600
 /// bytes.
 pub const MAX_CACHED_TOKEN_BYTES: usize = 1024;
+
+/// Tokens whose parsed `scope` holds more strings than this are not cached either: a 1 KiB
+/// scope such as `"A /////…"` parses into hundreds of strings, about fourteen times its bytes,
+/// which would break the byte bound. Real scopes hold a few entries of a few segments.
+pub const MAX_CACHED_SCOPE_PARTS: usize = 64;
 
 struct Entry {
     /// The token itself, to rule out hash collisions. A bearer credential: never in `Debug`,
@@ -136,7 +142,12 @@ impl TokenCache {
         valid_until: UnixTime,
         now: UnixTime,
     ) {
-        if self.per_shard == 0 || valid_until <= now || token.len() > MAX_CACHED_TOKEN_BYTES {
+        let scope_parts: usize = verified.scope.iter().flatten().map(ScopeEntry::parts).sum();
+        if self.per_shard == 0
+            || valid_until <= now
+            || token.len() > MAX_CACHED_TOKEN_BYTES
+            || scope_parts > MAX_CACHED_SCOPE_PARTS
+        {
             return;
         }
         let hash = self.hash(token);

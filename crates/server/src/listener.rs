@@ -3,9 +3,11 @@
 //! (slowloris), or simply too many of them, degrade service instead of taking `/authz` down.
 //!
 //! The cap works as nginx's `worker_connections` with reusable connections: at the cap, the
-//! oldest connection that is not in the middle of a request (idle between requests, or still
-//! sending its headers) is closed to make room; only when every connection is busy with a
-//! request is the new one closed instead. The cap is also kept below the process's open-file
+//! oldest connection that is not in the middle of a request (idle between requests, still
+//! sending its headers, or still sending a request body) is closed to make room; only when
+//! every connection is busy with a request it has sent whole is the new one closed instead. A
+//! client trickling a body a byte a second therefore holds a place only until room is needed.
+//! A request's head (request line and headers) is at most [`MAX_HEAD_BYTES`]: more is a 431. The cap is also kept below the process's open-file
 //! limit, so `accept` does not fail for want of descriptors; when it does fail, the loop backs
 //! off briefly rather than spinning or ending.
 
@@ -34,6 +36,11 @@ use crate::config::ConnectionLimits;
 /// Descriptors kept back from the connection budget: the database pool, the log, files,
 /// the proxy's upstream connections' slack.
 const RESERVED_FILES: u64 = 64;
+
+/// The read buffer for a request head: nginx's default `large_client_header_buffers`
+/// (4 × 8 KiB). hyper reads in growing chunks and refuses (431) a head still incomplete once
+/// its buffer holds this much, so heads of up to about 56 KiB pass and larger ones never do.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// Serves `router` on `listener` until `shutdown` turns true, then lets requests in flight
 /// finish (for up to ten seconds). `files_per_connection` is how many descriptors one client
@@ -106,8 +113,17 @@ async fn serve_connection(
         let guard = Busy::begin(&service_state);
         req.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();
+        let receiving = (!hyper::body::Body::is_end_stream(req.body()))
+            .then(|| Receiving::begin(&service_state));
+        let req = req.map(|body| match receiving {
+            Some(receiving) => Body::new(ReceivingBody {
+                body,
+                receiving: Some(receiving),
+            }),
+            None => Body::new(body),
+        });
         async move {
-            let resp = match router.oneshot(req.map(Body::new)).await {
+            let resp = match router.oneshot(req).await {
                 Ok(resp) => resp,
                 Err(never) => match never {},
             };
@@ -119,6 +135,7 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -236,9 +253,7 @@ impl Registry {
         let oldest = inner
             .open
             .iter()
-            .filter(|(_, s)| {
-                s.busy.load(Ordering::Acquire) == 0 && !s.evicted.load(Ordering::Acquire)
-            })
+            .filter(|(_, s)| s.evictable())
             .min_by_key(|(id, _)| **id);
         match oldest {
             Some((_, state)) => {
@@ -256,6 +271,8 @@ impl Registry {
 struct ConnState {
     /// Requests in flight, counting an answer until its body is sent.
     busy: AtomicUsize,
+    /// Of those, the ones whose request body has not all arrived yet.
+    receiving: AtomicUsize,
     /// Whether a request has started on it (idle before the first one is a header-read wait).
     served: AtomicBool,
     /// When the last request ended (or the connection opened), in ms since `opened`.
@@ -269,12 +286,20 @@ impl ConnState {
     fn new() -> Self {
         Self {
             busy: AtomicUsize::new(0),
+            receiving: AtomicUsize::new(0),
             served: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
             opened: Instant::now(),
             evicted: AtomicBool::new(false),
             close: Notify::new(),
         }
+    }
+
+    /// Whether it may be closed to make room: not already closing, and no request in flight
+    /// that the client has sent whole.
+    fn evictable(&self) -> bool {
+        !self.evicted.load(Ordering::Acquire)
+            && self.busy.load(Ordering::Acquire) <= self.receiving.load(Ordering::Acquire)
     }
 
     fn touch(&self) {
@@ -319,6 +344,55 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.touch();
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request whose body is still arriving; ends when the body has all arrived or is dropped.
+#[derive(Debug)]
+struct Receiving(Arc<ConnState>);
+
+impl Receiving {
+    fn begin(state: &Arc<ConnState>) -> Self {
+        state.receiving.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(state))
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0.receiving.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request body that marks its connection evictable until the last byte arrives.
+#[derive(Debug)]
+struct ReceivingBody {
+    body: Incoming,
+    receiving: Option<Receiving>,
+}
+
+impl hyper::body::Body for ReceivingBody {
+    type Data = axum::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) || this.body.is_end_stream() {
+            this.receiving = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -256,16 +256,23 @@ pub async fn leaks(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_LEAK_REPORT)
-        .await
-        .map_err(|_| Error::body("The leak report is too large."))?;
     let unsigned =
         |detail: &str| ApiError(Error::auth(AuthReason::BadSignature, detail.to_owned()));
+    // Refused before a byte of the body is read: an unauthenticated endpoint buffers nothing
+    // it will not use.
     if state.leak_report_keys.is_empty() {
         return Err(unsigned(
             "Leak reports are not accepted: no leak_report_public_keys are configured.",
         ));
     }
+    if !headers.contains_key("github-public-key-signature") {
+        return Err(unsigned(
+            "The report needs a base64 signature in GITHUB-PUBLIC-KEY-SIGNATURE.",
+        ));
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_LEAK_REPORT)
+        .await
+        .map_err(|_| Error::body("The leak report is too large."))?;
     let signature = headers
         .get("github-public-key-signature")
         .and_then(|v| v.to_str().ok())
