@@ -43,7 +43,6 @@ use keygate_core::keyset::KeyRing;
 use keygate_core::policy::Policy;
 use keygate_core::service::Verifier;
 use keygate_core::token::{Signer, TokenRules, sign_jwt};
-use sqlx::Connection as _;
 
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -72,29 +71,8 @@ async fn measure(keys: usize, master: &str) -> Row {
     let (first, _) = Server::start_on(db.url(), &[], &env);
     drop(first);
     let pair = generate_key_pair(Algorithm::Es256).unwrap();
-    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    let issuer: String = sqlx::query_scalar("SELECT id FROM issuers LIMIT 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    let inserting = Instant::now();
-    sqlx::query(
-        "INSERT INTO api_keys (id, issuer_id, name, roles, key_type, algorithm, public_key, \
-         private_key_state, created_by, created_at) \
-         SELECT 'K' || lpad(g::text, 9, '0'), $1, 'bench ' || g, 'DEVELOPER', 'TEAM', 'ES256', \
-         $2, 'NEVER_HELD', 'bench', 1800000000 FROM generate_series(1, $3) AS g",
-    )
-    .bind(&issuer)
-    .bind(&pair.public)
-    .bind(i64::try_from(keys).unwrap())
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE api_keys")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    eprintln!("inserted {keys} keys in {:?}", inserting.elapsed());
+    let (issuer, took) = insert_bench_keys(db.url(), keys, &pair.public).await;
+    eprintln!("inserted {keys} keys in {took:?}");
 
     // A real node: process start to listening, with every key loaded.
     let started = Instant::now();

@@ -306,7 +306,7 @@ impl KeyRing {
         let seq = feed
             .load_all_keys(&mut |batch| {
                 count += batch.len();
-                self.replace_all(&batch, 0);
+                off_the_workers(|| self.replace_all(&batch, 0));
             })
             .await?;
         // Read after the keys' snapshot: at worst newer than `seq`, and the catch-up below
@@ -364,6 +364,18 @@ impl KeyRing {
                 return Ok(applied);
             }
         }
+    }
+}
+
+/// Runs CPU-heavy ring work (merging a reload's batches: at a million keys, seconds in all)
+/// without holding up the async workers that answer `/authz` and `/healthz`: on a
+/// multi-threaded runtime the worker hands its other tasks on first.
+fn off_the_workers<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
 }
 

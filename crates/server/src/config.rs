@@ -31,6 +31,8 @@ pub struct Config {
     pub sync_interval: Duration,
     /// How often pending private keys past the download window are erased.
     pub sweep_interval: Duration,
+    /// How often every key is reloaded, as a safety net under the change feed (default 5 min).
+    pub reload_interval: Duration,
     /// Which headers `/authz` reads the original request from.
     pub forward_auth_headers: ForwardAuthHeaders,
     /// How often per-key usage (last use, request count) is written to the store.
@@ -90,6 +92,7 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("sync_interval", &self.sync_interval)
             .field("sweep_interval", &self.sweep_interval)
+            .field("reload_interval", &self.reload_interval)
             .field("forward_auth_headers", &self.forward_auth_headers)
             .field("usage_flush_interval", &self.usage_flush_interval)
             .field("token_cache_entries", &self.token_cache_entries)
@@ -162,6 +165,7 @@ struct FileConfig {
     max_active_team_keys: Option<u32>,
     sync_interval: Option<DurationText>,
     sweep_interval: Option<DurationText>,
+    reload_interval: Option<DurationText>,
     forward_auth_headers: Option<String>,
     rate_limit_per_hour: Option<u32>,
     usage_flush_interval: Option<DurationText>,
@@ -387,6 +391,12 @@ pub fn load(
         raw.sweep_interval,
         Duration::from_secs(60),
     )?;
+    let reload_interval = interval(
+        "reload_interval",
+        "KEYGATE_RELOAD_INTERVAL",
+        raw.reload_interval,
+        Duration::from_secs(300),
+    )?;
 
     let forward_auth_headers =
         match env("KEYGATE_FORWARD_AUTH_HEADERS").or(raw.forward_auth_headers) {
@@ -547,6 +557,7 @@ pub fn load(
         limits,
         sync_interval,
         sweep_interval,
+        reload_interval,
         forward_auth_headers,
         usage_flush_interval,
         token_cache_entries,

@@ -140,6 +140,7 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
     });
     let keys = Arc::clone(&state.keys);
     let every = config.sync_interval;
+    let reload_every = config.reload_interval;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -148,8 +149,7 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
         loop {
             tick.tick().await;
             // A full reload now and then is the safety net under the feed.
-            let result = if failing || since_reload.elapsed() > std::time::Duration::from_secs(300)
-            {
+            let result = if failing || since_reload.elapsed() > reload_every {
                 since_reload = std::time::Instant::now();
                 keys.reload_keys().await
             } else {

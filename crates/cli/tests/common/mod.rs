@@ -417,3 +417,34 @@ pub async fn authz_status(server: &Server, token: &str, path: &str) -> u16 {
         .status()
         .as_u16()
 }
+
+/// Inserts `n` team keys (`K000000001`…) straight into a keygate PostgreSQL database whose
+/// issuer exists, as the benchmarks' million-key fixtures do (creating them through the API
+/// would measure key creation), all with the public half `public`. Returns the issuer ID and how
+/// long it took.
+pub async fn insert_bench_keys(db_url: &str, n: usize, public: &[u8]) -> (String, Duration) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
+    let issuer: String = sqlx::query_scalar("SELECT id FROM issuers LIMIT 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let inserting = Instant::now();
+    sqlx::query(
+        "INSERT INTO api_keys (id, issuer_id, name, roles, key_type, algorithm, public_key, \
+         private_key_state, created_by, created_at) \
+         SELECT 'K' || lpad(g::text, 9, '0'), $1, 'bench ' || g, 'DEVELOPER', 'TEAM', 'ES256', \
+         $2, 'NEVER_HELD', 'bench', 1800000000 FROM generate_series(1, $3) AS g",
+    )
+    .bind(&issuer)
+    .bind(public)
+    .bind(i64::try_from(n).unwrap())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE api_keys")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    (issuer, inserting.elapsed())
+}
