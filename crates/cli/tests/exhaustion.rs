@@ -1322,6 +1322,135 @@ async fn slow_request_bodies_cannot_starve_either_listener() {
     slowloris("slow bodies, defaults", &[], true).await;
 }
 
+/// Clients that ask the proxy for a large answer and never read it: the answer is ready, the
+/// client's socket buffer full. Such a connection is in flight, so only the send stall rule
+/// frees it (evictable at the cap after 2 s of no progress, closed after 60 s). Any credential
+/// will do for this, a secret key embedded in a web page included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_cannot_starve_the_proxy() {
+    let _serial = SERIAL.lock().await;
+    let label = "slow readers";
+    // 50 MB answers: far more than the loopback socket buffers hold.
+    let big = axum::routing::get(|| async {
+        let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::iter(
+            (0..800).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+        );
+        axum::body::Body::from_stream(stream)
+    });
+    let up = Arc::new(Upstream::default());
+    let upstream = serve_upstream(
+        echo_routes()
+            .route("/v1/big", big)
+            .with_state(Arc::clone(&up)),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = start_limited(
+        dir.path(),
+        SLOW_NOFILE,
+        &["--proxy-listen", "127.0.0.1:0", "--upstream", &upstream],
+        &[
+            ("KEYGATE_MAX_CONNECTIONS", SLOW_MAX_CONNECTIONS),
+            ("KEYGATE_LOG", "info"),
+        ],
+    );
+    let pid = server.child.id();
+    let started = mem(pid);
+    let (_admin, token) = admin_token(&server, dir.path()).await;
+    let proxy = server.proxy.clone().expect("the proxy runs");
+    let target = Target {
+        base: server.base.clone(),
+        proxy: Some(proxy.clone()),
+        token: token.clone(),
+    };
+    check_probes(&format!("{label} warm-up"), &probe_round(&target).await);
+    let warm = mem(pid);
+    let sampler = Sampler::start(pid, u64::MAX);
+    // More never-reading clients than the cap, each asking for the big answer, reopening when
+    // closed, for the whole hold.
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicU64::new(0));
+    let request = Arc::new(format!(
+        "GET /v1/big HTTP/1.1\r\nHost: slow.example\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ));
+    let addr = socket_addr(&proxy);
+    let hold_until = Instant::now() + SLOW_HOLD + Duration::from_secs(5);
+    let clients: Vec<JoinHandle<()>> = (0..SLOW_CONNECTIONS / 5)
+        .map(|_| {
+            let (stop, opened, request) =
+                (Arc::clone(&stop), Arc::clone(&opened), Arc::clone(&request));
+            tokio::spawn(async move {
+                let mut opens = 0;
+                while !stop.load(Ordering::SeqCst)
+                    && Instant::now() < hold_until
+                    && opens < SLOW_OPENS_PER_SLOT
+                {
+                    let Ok(Ok(mut s)) =
+                        tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
+                            .await
+                    else {
+                        tokio::time::sleep(SLOW_REOPEN_PAUSE).await;
+                        continue;
+                    };
+                    opens += 1;
+                    opened.fetch_add(1, Ordering::SeqCst);
+                    if s.write_all(request.as_bytes()).await.is_err() {
+                        continue;
+                    }
+                    // Never read; notice a close only by a failing write, once a second.
+                    while !stop.load(Ordering::SeqCst) && Instant::now() < hold_until {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if s.write_all(b"\r\n").await.is_err() {
+                            break;
+                        }
+                    }
+                    drop(s);
+                    tokio::time::sleep(SLOW_REOPEN_PAUSE).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let prober = Prober::start(&target);
+    tokio::time::sleep(SLOW_HOLD).await;
+    let during = prober.finish().await;
+    println!(
+        "[{label}] {} never-reading connections opened; keygate: {}",
+        opened.load(Ordering::SeqCst),
+        mem(pid)
+    );
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.abort();
+    }
+    let after = probe_round(&target).await;
+    let peak = sampler.max();
+    drop(sampler);
+    let end = mem(pid);
+    let mut failed = summarize_probes(&format!("{label}, during"), &during);
+    failed.extend(summarize_probes(&format!("{label}, after"), &after));
+    report(
+        label,
+        started,
+        warm,
+        peak,
+        end,
+        &format!(
+            "growth < {:.0} MiB; every probe within {PROBE_DEADLINE:?}",
+            mib(SLOW_PEAK_GROWTH)
+        ),
+    );
+    assert_probes(&failed);
+    let growth = end.hwm.saturating_sub(warm.rss);
+    assert!(
+        growth < SLOW_PEAK_GROWTH,
+        "{label}: keygate's peak RSS grew by {:.1} MiB (bound {:.0} MiB)",
+        mib(growth),
+        mib(SLOW_PEAK_GROWTH)
+    );
+}
+
 // ---- 4. huge headers -----------------------------------------------------------------------
 
 /// The oversized requests, each to `/authz/v1/apps` with a valid token (but the last, whose

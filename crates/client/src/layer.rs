@@ -258,7 +258,7 @@ where
                 query: uri.query().unwrap_or(""),
             };
             let headers = req.headers();
-            match keygate_core::gate::refuse_method_override(|n| headers.contains_key(n))
+            match keygate_core::gate::refuse_overrides(headers.keys().map(HeaderName::as_str))
                 .and_then(|()| bearer(headers))
             {
                 Ok(token) => self

@@ -81,23 +81,33 @@ fn unambiguous(target: &RequestTarget<'_>) -> Result<(), Refused> {
     })
 }
 
-/// Headers with which some frameworks let a client replace the request's method. The method
-/// checked must be the method run, so every way in refuses a request that carries one.
-pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+/// Headers with which some frameworks let a client replace the request's method or path
+/// (method overrides; IIS's and old Symfony's and Zend's `X-Original-URL` and `X-Rewrite-URL`).
+/// What is checked must be what the API runs, so every way in refuses a request that carries
+/// one, under any spelling: names are compared ignoring case and reading `_` as `-` (CGI-style
+/// servers map both to one variable).
+pub const OVERRIDE_HEADERS: [&str; 5] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
 ];
 
-/// `Err` (400) when `has_header` finds any of [`METHOD_OVERRIDE_HEADERS`].
-pub fn refuse_method_override(has_header: impl Fn(&str) -> bool) -> Result<(), Error> {
-    match METHOD_OVERRIDE_HEADERS.iter().find(|n| has_header(n)) {
-        Some(name) => Err(Error::parameter(
-            name,
-            format!("{name} is not accepted: the method checked must be the method the API runs."),
-        )),
-        None => Ok(()),
+/// `Err` (400) when any of `names` is one of [`OVERRIDE_HEADERS`].
+pub fn refuse_overrides<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), Error> {
+    for name in names {
+        let canonical = name.to_ascii_lowercase().replace('_', "-");
+        if OVERRIDE_HEADERS.contains(&canonical.as_str()) {
+            return Err(Error::parameter(
+                name,
+                format!(
+                    "{name} is not accepted: the method and path checked must be the ones the API runs."
+                ),
+            ));
+        }
     }
+    Ok(())
 }
 
 /// Verification plus metering.

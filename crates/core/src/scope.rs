@@ -37,6 +37,15 @@ impl<'a> RequestTarget<'a> {
     /// is decided; so what keygate checks is what the upstream gets, and a proxy prefix cannot
     /// be escaped. `Err` says what is wrong, for the error's detail.
     pub fn check_unambiguous(&self) -> Result<(), &'static str> {
+        // One spelling per method: `get` is not `GET` to a case-sensitive upstream.
+        if self.method.is_empty()
+            || self.method.len() > 20
+            || !self.method.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return Err(
+                "The method must be written in capitals, as HTTP defines it (GET, not get).",
+            );
+        }
         if self.path.len() + self.query.len() > MAX_TARGET_BYTES {
             return Err("The request target is longer than 8192 bytes.");
         }
@@ -60,9 +69,19 @@ impl<'a> RequestTarget<'a> {
             if seg.contains('%') {
                 return Err("The request path is encoded twice (an escaped %).");
             }
-            if seg.contains(LOOKALIKES) {
-                return Err("The request path has a character that some servers read as . or /.");
+            if reads_differently_normalized(seg) {
+                return Err(
+                    "The request path has a character that some servers read as . / \\ ; % ? or # (Unicode compatibility forms).",
+                );
             }
+        }
+        if self.query.split('&').any(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            percent_decode(name).is_some_and(|n| n.eq_ignore_ascii_case("_method"))
+        }) {
+            return Err(
+                "A _method query parameter is not accepted: the method checked must be the method the API runs.",
+            );
         }
         if self
             .query
@@ -79,18 +98,26 @@ impl<'a> RequestTarget<'a> {
 /// `large_client_header_buffers`.
 pub const MAX_TARGET_BYTES: usize = 8192;
 
-/// Characters that Unicode normalization (NFKC, as some servers and frameworks apply) turns
-/// into `.`, `/` or `\`.
-const LOOKALIKES: [char; 8] = [
-    '\u{FF0E}', // fullwidth full stop
-    '\u{FF0F}', // fullwidth solidus
-    '\u{FF3C}', // fullwidth reverse solidus
-    '\u{2024}', // one dot leader
-    '\u{2215}', // division slash
-    '\u{2044}', // fraction slash
-    '\u{FE52}', // small full stop
-    '\u{FE68}', // small reverse solidus
-];
+/// Whether a decoded segment means something else to a server that applies Unicode
+/// compatibility normalization (NFKC, as IIS, some frameworks and file systems do): its NFKC
+/// form holds a `.`, `/`, `\`, `;`, `%`, `?` or `#` the segment itself does not (U+2025 TWO
+/// DOT LEADER is `..`, U+FF0F FULLWIDTH SOLIDUS is `/`), or one of the slash-like characters
+/// that no normalization maps but some servers fold (U+2215, U+2044).
+fn reads_differently_normalized(seg: &str) -> bool {
+    use unicode_normalization::UnicodeNormalization as _;
+    const SIGNIFICANT: [char; 7] = ['.', '/', '\\', ';', '%', '?', '#'];
+    if seg.is_ascii() {
+        return false;
+    }
+    if seg.contains(['\u{2215}', '\u{2044}', '\u{29F8}', '\u{29F9}']) {
+        return true;
+    }
+    let count = |s: &str, c: char| s.chars().filter(|x| *x == c).count();
+    let normalized: String = seg.nfkc().collect();
+    SIGNIFICANT
+        .iter()
+        .any(|c| count(&normalized, *c) != count(seg, *c))
+}
 
 /// A request path decoded once into segments, or `None` when it must match no rule and no
 /// scope: malformed escapes, dot segments, an encoded `/`, a `\\`, or a `;` (some servers read
@@ -300,7 +327,17 @@ mod tests {
             "//admin",
             "/v1//echo",
             "/v1/echo/%EF%BC%8E%EF%BC%8E/admin",
+            "/v1/echo/%E2%80%A5/%E2%80%A5/other",
+            "/v1/echo/%EF%B8%B0/x",
+            "/v1/echo/a%EF%BC%85%32%65",
+            "/v1/echo/a%EF%BC%9Bx=1",
+            "/v1/echo/a%EF%BC%9F/x",
+            "/v1/echo/a%EF%BC%83/x",
+            "/v1/echo/%E2%84%80",
+            "/v1/echo/a%E2%88%95b",
             "/v1/echo/%c0%ae%c0%ae/admin",
+            "/v1/echo/a?_method=DELETE",
+            "/v1/echo/a?x=1&_METHOD=DELETE",
             "/v1/echo/%",
             "v1/echo",
             "",
@@ -326,11 +363,22 @@ mod tests {
             "/v1/echo/a?x=1&y=%2F",
             "/v1/apps/%C3%A9",
             "/v1/echo/a.b/..c",
+            "/v1/echo/%C3%A9t%C3%A9",
+            "/v1/echo/%E6%97%A5%E6%9C%AC",
+            "/v1/echo/a?method=x",
         ] {
             assert_eq!(
                 RequestTarget::from_uri("GET", uri).check_unambiguous(),
                 Ok(()),
                 "{uri:?} must pass"
+            );
+        }
+        for method in ["get", "Get", "", "G ET", "GET\t"] {
+            assert!(
+                RequestTarget::from_uri(method, "/v1/echo/a")
+                    .check_unambiguous()
+                    .is_err(),
+                "{method:?} must be refused"
             );
         }
     }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keygate_core::gate::{Admitted, Identity, Refused, refuse_method_override};
+use keygate_core::gate::{Admitted, Identity, Refused, refuse_overrides};
 use keygate_core::meter::RateState;
 use keygate_core::scope::RequestTarget;
 use keygate_core::secret_key::{Caller, IpRange, canonical};
@@ -89,7 +89,8 @@ pub fn check(
     peer: Option<IpAddr>,
     target: &RequestTarget<'_>,
 ) -> Result<Admitted, Response> {
-    refuse_method_override(|n| headers.contains_key(n)).map_err(|e| ApiError(e).into_response())?;
+    refuse_overrides(headers.keys().map(HeaderName::as_str))
+        .map_err(|e| ApiError(e).into_response())?;
     match credential(headers) {
         Ok(Credential::Token(token)) => state.gate.check(token, target).map_err(refusal),
         Ok(Credential::SecretKey(secret)) => {
@@ -150,7 +151,7 @@ pub fn recheck(
     peer: Option<IpAddr>,
     target: &RequestTarget<'_>,
 ) -> Response {
-    if let Err(e) = refuse_method_override(|n| headers.contains_key(n)) {
+    if let Err(e) = refuse_overrides(headers.keys().map(HeaderName::as_str)) {
         return ApiError(e).into_response();
     }
     let decision = match credential(headers) {

@@ -42,6 +42,13 @@ const RESERVED_FILES: u64 = 64;
 /// its buffer holds this much, so heads of up to about 56 KiB pass and larger ones never do.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
+/// A client that stops reading an answer keygate has ready to send (its socket buffer full)
+/// for this long makes its connection evictable at the cap, like one still sending headers.
+const SEND_STALL: Duration = Duration::from_secs(2);
+
+/// ... and for this long, closed outright: nginx's `send_timeout`.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Serves `router` on `listener` until `shutdown` turns true, then lets requests in flight
 /// finish (for up to ten seconds). `files_per_connection` is how many descriptors one client
 /// connection may cost (2 for the proxy, which holds an upstream connection beside it).
@@ -128,7 +135,14 @@ async fn serve_connection(
                 Err(never) => match never {},
             };
             // The connection stays busy until the answer's body is sent (or dropped).
-            Ok::<_, Infallible>(resp.map(|body| Body::new(Guarded { body, _busy: guard })))
+            let sending = Sending::begin(&guard.0);
+            Ok::<_, Infallible>(resp.map(|body| {
+                Body::new(Guarded {
+                    body,
+                    sending,
+                    _busy: guard,
+                })
+            }))
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -141,7 +155,12 @@ async fn serve_connection(
     tokio::pin!(conn);
     let mut stopping = false;
     loop {
-        let deadline = state.idle_deadline(limits);
+        // While a request is in flight, look every second whether its answer stalled.
+        let deadline = if state.busy.load(Ordering::Acquire) > 0 {
+            Instant::now() + Duration::from_secs(1)
+        } else {
+            state.idle_deadline(limits)
+        };
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -160,6 +179,10 @@ async fn serve_connection(
             () = tokio::time::sleep_until(deadline) => {
                 if state.is_idle_past(limits) {
                     tracing::debug!(%peer, "idle connection closed");
+                    return;
+                }
+                if state.send_stalled_for(SEND_TIMEOUT) {
+                    tracing::debug!(%peer, "client stopped reading the answer; connection closed");
                     return;
                 }
             }
@@ -273,6 +296,13 @@ struct ConnState {
     busy: AtomicUsize,
     /// Of those, the ones whose request body has not all arrived yet.
     receiving: AtomicUsize,
+    /// Of those, the ones whose answer is being sent.
+    sending: AtomicUsize,
+    /// Whether the answer's body last had nothing ready (the upstream's turn, not the client's).
+    send_waits_on_body: AtomicBool,
+    /// When the answer's body was last asked for more, in ms since `opened`: a client that
+    /// does not read stops hyper asking.
+    last_send_poll_ms: AtomicU64,
     /// Whether a request has started on it (idle before the first one is a header-read wait).
     served: AtomicBool,
     /// When the last request ended (or the connection opened), in ms since `opened`.
@@ -287,6 +317,9 @@ impl ConnState {
         Self {
             busy: AtomicUsize::new(0),
             receiving: AtomicUsize::new(0),
+            sending: AtomicUsize::new(0),
+            send_waits_on_body: AtomicBool::new(false),
+            last_send_poll_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
             opened: Instant::now(),
@@ -298,13 +331,32 @@ impl ConnState {
     /// Whether it may be closed to make room: not already closing, and no request in flight
     /// that the client has sent whole.
     fn evictable(&self) -> bool {
+        let stalled = if self.send_stalled_for(SEND_STALL) {
+            self.sending.load(Ordering::Acquire)
+        } else {
+            0
+        };
         !self.evicted.load(Ordering::Acquire)
-            && self.busy.load(Ordering::Acquire) <= self.receiving.load(Ordering::Acquire)
+            && self.busy.load(Ordering::Acquire) <= self.receiving.load(Ordering::Acquire) + stalled
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether an answer is ready to go but the client has not taken any of it for `stall`.
+    fn send_stalled_for(&self, stall: Duration) -> bool {
+        self.sending.load(Ordering::Acquire) > 0
+            && !self.send_waits_on_body.load(Ordering::Acquire)
+            && self
+                .elapsed_ms()
+                .saturating_sub(self.last_send_poll_ms.load(Ordering::Acquire))
+                > u64::try_from(stall.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_active_ms.store(ms, Ordering::Release);
+        self.last_active_ms
+            .store(self.elapsed_ms(), Ordering::Release);
     }
 
     /// The longest it may sit with no request: the header-read timeout before its first
@@ -400,7 +452,29 @@ impl hyper::body::Body for ReceivingBody {
 #[derive(Debug)]
 struct Guarded {
     body: Body,
+    sending: Sending,
     _busy: Busy,
+}
+
+/// An answer being sent; ends when its body is sent or dropped.
+#[derive(Debug)]
+struct Sending(Arc<ConnState>);
+
+impl Sending {
+    fn begin(state: &Arc<ConnState>) -> Self {
+        state.send_waits_on_body.store(false, Ordering::Release);
+        state
+            .last_send_poll_ms
+            .store(state.elapsed_ms(), Ordering::Release);
+        state.sending.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(state))
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl hyper::body::Body for Guarded {
@@ -411,7 +485,16 @@ impl hyper::body::Body for Guarded {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let state = &this.sending.0;
+        state
+            .last_send_poll_ms
+            .store(state.elapsed_ms(), Ordering::Release);
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        state
+            .send_waits_on_body
+            .store(polled.is_pending(), Ordering::Release);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

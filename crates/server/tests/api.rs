@@ -942,8 +942,9 @@ async fn a_client_cannot_choose_what_authz_checks() {
     let spoofed = both(FWD_DELETE, ORIG_GET);
     let same = both(
         FWD_GET,
-        [("x-original-method", "get"), ("x-original-uri", "/v1/apps")],
+        [("x-original-method", "GET"), ("x-original-uri", "/v1/apps")],
     );
+    let lowercase = [("x-original-method", "get"), ("x-original-uri", "/v1/apps")];
     let steer = both(ORIG_DELETE, FWD_GET);
     let authelia = [ORIG_GET[0], ORIG_GET[1], ("x-forwarded-method", "GET")];
     let half = [
@@ -1001,6 +1002,12 @@ async fn a_client_cannot_choose_what_authz_checks() {
         ("x-original-method", "GET"),
         ("x-original-uri", "/v1/apps//x"),
     ];
+    let underscored = [
+        ORIG_GET[0],
+        ORIG_GET[1],
+        ("x_http_method_override", "DELETE"),
+    ];
+    let rewritten = [ORIG_GET[0], ORIG_GET[1], ("x-original-url", "/internal")];
     let overridden = [
         ORIG_GET[0],
         ORIG_GET[1],
@@ -1017,6 +1024,21 @@ async fn a_client_cannot_choose_what_authz_checks() {
             (&dotted, StatusCode::BAD_REQUEST, "encoded dot segments"),
             (&doubled, StatusCode::BAD_REQUEST, "an empty segment"),
             (&overridden, StatusCode::BAD_REQUEST, "a method override"),
+            (
+                &lowercase,
+                StatusCode::BAD_REQUEST,
+                "a method not in capitals",
+            ),
+            (
+                &underscored,
+                StatusCode::BAD_REQUEST,
+                "an override spelled with _",
+            ),
+            (
+                &rewritten,
+                StatusCode::BAD_REQUEST,
+                "a path override (X-Original-URL)",
+            ),
             (&ORIG_GET, StatusCode::OK, "the same request without them"),
         ],
     )

@@ -111,7 +111,9 @@ pub async fn authz_headers(
             .into());
         }
     };
-    let method = method.to_ascii_uppercase();
+    // The method as the gateway forwards it: `get` is refused, not read as `GET`, since the
+    // upstream gets it as written.
+    let method = method.to_owned();
     // An absolute URI (some proxies send one) is reduced to its path and query.
     let origin_form = match uri.parse::<Uri>() {
         Ok(u) if u.scheme().is_some() => u
