@@ -296,6 +296,19 @@ async fn through(
     }
     let resp = req.send().await.unwrap();
     if resp.status() == 200 {
+        // The API must not get the client's claim of an address either.
+        let seen: Value = resp.json().await.unwrap();
+        for name in ["x-real-ip", "x-forwarded-for", "forwarded"] {
+            if seen["headers"][name].to_string().contains("10.1.2.3") {
+                return (
+                    200,
+                    format!(
+                        "the upstream got the client's {name}: {}",
+                        seen["headers"][name]
+                    ),
+                );
+            }
+        }
         return (200, String::new());
     }
     reason(resp).await
@@ -303,7 +316,8 @@ async fn through(
 
 /// keygate trusts the gateway (`trusted_proxies = ["127.0.0.1", ...]`) and the client connects
 /// from 127.0.0.2: a key restricted to 10.1.2.0/24 is refused whatever address the client
-/// claims, and a key restricted to 127.0.0.2/32 is allowed whatever it claims. A client on a
+/// claims, and a key restricted to 127.0.0.2/32 is allowed whatever it claims (and the API
+/// gets none of the claims in X-Real-IP, X-Forwarded-For or Forwarded). A client on a
 /// trusted address (127.0.0.3) cannot name another either: the gateway must replace
 /// X-Forwarded-For, not append to it (keygate would skip the trusted entry and believe the
 /// claim to its left). Every case is tried; all that go wrong are reported together.
@@ -341,6 +355,63 @@ async fn client_address(kind: Kind) {
     assert_eq!(s.up.hits.load(Ordering::SeqCst), allowed);
 }
 
+/// What the upstream would run differently from what keygate checked never reaches it: method
+/// and path overrides under any spelling, a `_method` query parameter, a method not in
+/// capitals. Each is refused (any 4xx) through the gateway, and the upstream sees nothing.
+async fn overrides(kind: Kind) {
+    let s = setup(kind, &config(kind, 1000, false)).await;
+    let dev_id = create_key(&s.server, &s.admin_token, &["DEVELOPER"]).await;
+    let dev_file = s.dir.path().join("dev.p8");
+    download_key(&s.server, &s.admin_token, &dev_id, &dev_file).await;
+    let dev = cli_token(&dev_file, &dev_id, &s.admin.issuer);
+    let base = &s.gateway.base;
+    let client = http();
+    let ok = client
+        .get(format!("{base}/v1/echo/a"))
+        .bearer_auth(&dev)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200, "{}", kind.name());
+    let before = s.up.hits.load(Ordering::SeqCst);
+    let mut wrong = Vec::new();
+    let cases: [(&str, &str, Option<(&str, &str)>); 7] = [
+        (
+            "GET",
+            "/v1/echo/a",
+            Some(("X-HTTP-Method-Override", "DELETE")),
+        ),
+        ("GET", "/v1/echo/a", Some(("X-HTTP-Method", "DELETE"))),
+        ("GET", "/v1/echo/a", Some(("X-Method-Override", "DELETE"))),
+        ("GET", "/v1/echo/a", Some(("X-Original-URL", "/internal"))),
+        ("GET", "/v1/echo/a", Some(("X-Rewrite-URL", "/internal"))),
+        ("GET", "/v1/echo/a?_method=DELETE", None),
+        ("get", "/v1/echo/a", None),
+    ];
+    for (method, path, header) in cases {
+        let mut req = client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{base}{path}"),
+            )
+            .bearer_auth(&dev);
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
+        let status = req.send().await.unwrap().status().as_u16();
+        if !(400..500).contains(&status) {
+            wrong.push(format!("{method} {path} {header:?}: {status}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} lets through:\n{}",
+        kind.name(),
+        wrong.join("\n")
+    );
+    assert_eq!(s.up.hits.load(Ordering::SeqCst), before, "{}", kind.name());
+}
+
 scenario_tests! {
     nginx_auth_request_allows_401s_403s_and_429s => walk(Kind::Nginx);
     traefik_forward_auth_allows_401s_403s_and_429s => walk(Kind::Traefik);
@@ -350,4 +421,8 @@ scenario_tests! {
     traefik_sets_the_client_address_itself => client_address(Kind::Traefik);
     envoy_sets_the_client_address_itself => client_address(Kind::Envoy);
     caddy_sets_the_client_address_itself => client_address(Kind::Caddy);
+    nginx_refuses_method_and_path_overrides => overrides(Kind::Nginx);
+    traefik_refuses_method_and_path_overrides => overrides(Kind::Traefik);
+    envoy_refuses_method_and_path_overrides => overrides(Kind::Envoy);
+    caddy_refuses_method_and_path_overrides => overrides(Kind::Caddy);
 }
