@@ -355,6 +355,9 @@ async fn client_address(kind: Kind) {
     assert_eq!(s.up.hits.load(Ordering::SeqCst), allowed);
 }
 
+/// A method, a path and query, and maybe one header.
+type OverrideCase = (&'static str, &'static str, Option<(&'static str, &'static str)>);
+
 /// What the upstream would run differently from what keygate checked never reaches it: method
 /// and path overrides under any spelling, a `_method` query parameter, a method not in
 /// capitals. Each is refused (any 4xx) through the gateway, and the upstream sees nothing.
@@ -375,7 +378,7 @@ async fn overrides(kind: Kind) {
     assert_eq!(ok.status(), 200, "{}", kind.name());
     let before = s.up.hits.load(Ordering::SeqCst);
     let mut wrong = Vec::new();
-    let cases: [(&str, &str, Option<(&str, &str)>); 7] = [
+    let cases: [OverrideCase; 7] = [
         (
             "GET",
             "/v1/echo/a",
