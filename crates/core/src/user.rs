@@ -73,10 +73,30 @@ pub fn has_hidden_characters(text: &str, allow: &[char]) -> bool {
         .any(|c| !allow.contains(&c) && is_hidden_character(c))
 }
 
-/// One character of [`has_hidden_characters`].
+/// One character of [`has_hidden_characters`]: controls (C0, C1, and the line and paragraph
+/// separators), direction marks, overrides and isolates, and the characters that take no space
+/// or show nothing (zero-width spaces and joiners, word joiners, the byte-order mark, soft
+/// hyphens, Hangul fillers, tag characters). Emoji variation selectors stay allowed.
 pub fn is_hidden_character(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
 }
 
 /// The longest email address, in bytes (RFC 5321's 254 octets). One rule for accepting an
@@ -176,6 +196,11 @@ mod tests {
             ("ada@example.com", "Ada\u{202E}nimda", "L"),
             ("ada@example.com", "Ada", "\u{2066}L"),
             ("ada\u{200F}@example.com", "Ada", "L"),
+            ("ada@example.com", "A\u{200B}da", "L"),
+            ("ada@example.com", "Ada", "L\u{FEFF}"),
+            ("ada@example.com", "\u{3164}", "L"),
+            ("ada@example.com", "Ada\u{E0041}", "L"),
+            ("ada@example.com", "A\u{2028}da", "L"),
         ] {
             assert!(
                 Person::validate(email, first, last).is_err(),

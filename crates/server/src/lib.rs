@@ -219,9 +219,13 @@ pub fn set_security_headers(h: &mut axum::http::HeaderMap) {
 async fn security_headers(req: Request, next: Next) -> Response {
     // The request log costs a copy of the path and a clock read; only when it is on.
     let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        let matched = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(axum::extract::MatchedPath::as_str);
         (
             req.method().clone(),
-            loggable_path(req.uri().path()),
+            log_path(matched, req.uri().path()),
             std::time::Instant::now(),
         )
     });
@@ -232,6 +236,18 @@ async fn security_headers(req: Request, next: Next) -> Response {
         tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "request");
     }
     resp
+}
+
+/// The path the request log records: for a route with a link secret in it, the route's
+/// template (`/invitations/{link}`); for any other route, the path (see [`loggable_path`]); for
+/// a path no route matched, only its length: a mistyped or mis-prefixed link
+/// (`/x/invitations/SECRET`, `/reset-SECRET`) may still carry a live secret.
+pub fn log_path(matched_route: Option<&str>, path: &str) -> String {
+    match matched_route {
+        Some(route) if route.contains("{link}") => route.to_owned(),
+        Some(_) => loggable_path(path),
+        None => format!("<a path no route matched, {} bytes>", path.len()),
+    }
 }
 
 /// Paths whose last part is a one-time secret (setup, invitation and password-reset links).
@@ -292,6 +308,27 @@ mod tests {
         }
         assert_eq!(
             loggable_path("/v1/apiKeys/ABCDEFGHIJ"),
+            "/v1/apiKeys/ABCDEFGHIJ"
+        );
+        // Paths no route matched are logged by length only, whatever they look like.
+        for path in [
+            format!("/x/invitations/{secret}"),
+            format!("/v1/reset/{secret}"),
+            format!("/invitations.{secret}"),
+            format!("/reset-{secret}"),
+        ] {
+            let logged = super::log_path(None, &path);
+            assert!(!logged.contains(secret), "{path} -> {logged}");
+        }
+        assert_eq!(
+            super::log_path(
+                Some("/invitations/{link}"),
+                &format!("/invitations/{secret}")
+            ),
+            "/invitations/{link}"
+        );
+        assert_eq!(
+            super::log_path(Some("/v1/apiKeys/{id}"), "/v1/apiKeys/ABCDEFGHIJ"),
             "/v1/apiKeys/ABCDEFGHIJ"
         );
     }

@@ -33,7 +33,7 @@ pub fn key_file_for(db: &Path) -> PathBuf {
 fn load_or_create(path: &Path) -> Result<MasterKey, ConfigError> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            warn_if_readable_by_others(path);
+            make_owner_only(path);
             MasterKey::from_base64(&text)
                 .map_err(|e| ConfigError(format!("{}: {e}", path.display())))
         }
@@ -82,14 +82,48 @@ fn create(path: &Path) -> Result<MasterKey, ConfigError> {
 }
 
 #[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
+fn make_owner_only(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {
-        tracing::warn!(path = %path.display(), "the master key file is readable by other users; chmod 600 it");
+        // Made owner-only again, as the database files are; said loudly, since someone
+        // loosened it (and others may have read it meanwhile).
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => tracing::warn!(
+                path = %path.display(),
+                "the master key file was readable by other users; it is 0600 again (if others could read it, rotate it)"
+            ),
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "the master key file is readable by other users and could not be made 0600; chmod 600 it"
+            ),
+        }
     }
 }
 
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_: &Path) {}
+fn make_owner_only(_: &Path) {}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// A master key file someone made readable by others is made owner-only again at start,
+    /// as the database files are, and still opens.
+    #[test]
+    fn a_loosened_master_key_file_is_made_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}/kg.db", dir.path().display());
+        let first = resolve(None, &db).unwrap();
+        let file = key_file_for(&dir.path().join("kg.db"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let again = resolve(None, &db).unwrap();
+        assert_eq!(first.to_base64().as_str(), again.to_base64().as_str());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

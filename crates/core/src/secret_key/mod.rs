@@ -493,9 +493,19 @@ impl Restrictions {
                 Some(Value::Array(items)) if items.len() <= MAX_ENTRIES => items
                     .iter()
                     .map(|i| {
-                        i.as_str().ok_or_else(|| {
+                        let text = i.as_str().ok_or_else(|| {
                             Error::attribute("restrictions", format!("{name} holds strings."))
-                        })
+                        })?;
+                        // Shown on pages and compared with what clients send: nothing hidden.
+                        if crate::user::has_hidden_characters(text, &[]) {
+                            return Err(Error::attribute(
+                                "restrictions",
+                                format!(
+                                    "{name} must not contain control characters, direction overrides or invisible characters."
+                                ),
+                            ));
+                        }
+                        Ok(text)
                     })
                     .collect(),
                 Some(_) => Err(Error::attribute(

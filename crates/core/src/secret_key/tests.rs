@@ -338,6 +338,11 @@ fn restrictions_check_referrer_then_ip_then_api() {
         json!({"referrers": [1]}),
         json!({"ipRanges": ["300.0.0.0/8"]}),
         json!({"apis": ["maps"]}),
+        // Nothing hidden: a pattern shown on a page reads as what it matches.
+        json!({"referrers": ["https://good.example.com/\u{202E}moc.live/*"]}),
+        json!({"referrers": ["https://good.example.com/\u{1b}[31m"]}),
+        json!({"apis": ["GET /v1/maps/\u{200B}"]}),
+        json!({"ipRanges": ["10.0.0.0/8\u{0}"]}),
     ] {
         assert!(Restrictions::from_json(&bad).is_err(), "{bad}");
     }

@@ -173,7 +173,9 @@ fn notices(
     window: i64,
 ) -> Markup {
     let find = |id: Option<&String>| id.and_then(|id| keys.iter().find(|k| k.id.as_str() == id));
-    let created = find(q.created.as_ref());
+    // "was generated" only for a key this person generated.
+    let me = web.principal.actor.to_string();
+    let created = find(q.created.as_ref()).filter(|k| k.created_by == me);
     let revoked = find(q.revoked.as_ref()).filter(|k| k.is_revoked());
     let revoked_secret = q.revoked_secret.as_deref().and_then(|id| {
         secret_keys
