@@ -356,7 +356,11 @@ async fn client_address(kind: Kind) {
 }
 
 /// A method, a path and query, and maybe one header.
-type OverrideCase = (&'static str, &'static str, Option<(&'static str, &'static str)>);
+type OverrideCase = (
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+);
 
 /// What the upstream would run differently from what keygate checked never reaches it: method
 /// and path overrides under any spelling, a `_method` query parameter, a method not in

@@ -667,6 +667,12 @@ impl KeyService {
         Ok(changed)
     }
 
+    /// The change listener proved alive with nothing to announce: this node is following the
+    /// feed as surely as if it had read it.
+    pub fn note_feed_followed(&self) {
+        self.feed_read_ok();
+    }
+
     fn feed_read_ok(&self) {
         if let Ok(mut at) = self.last_feed_read.lock() {
             *at = Some(std::time::Instant::now());

@@ -90,40 +90,24 @@ pub async fn build(
     })
 }
 
+/// Longest a background task's database work may take: a connection that died without
+/// closing must not stop the usage flush or the sweeps for good.
+const BACKGROUND_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn bounded<T>(
+    work: impl std::future::Future<Output = keygate_core::error::Result<T>>,
+) -> keygate_core::error::Result<T> {
+    tokio::time::timeout(BACKGROUND_CALL_TIMEOUT, work)
+        .await
+        .map_err(|_| keygate_core::error::Error::Unavailable("timed out".into()))?
+}
+
 /// Starts the background tasks of a node.
 pub fn spawn_tasks(state: &AppState, config: &Config) {
     // Pushed changes (PostgreSQL): applied as they commit, so a revocation on another node
     // takes effect here within milliseconds. The polling loop below stays as the safety net.
-    if let Some(mut notifier) = keygate_store::ChangeNotifier::for_url(&config.database) {
-        let keys = Arc::clone(&state.keys);
-        tokio::spawn(async move {
-            let mut backoff = std::time::Duration::from_millis(100);
-            // The ring was loaded just before; the first connection only needs what changed
-            // since (a second full load at start-up would double its cost).
-            let mut first = true;
-            loop {
-                let result = match notifier.next().await {
-                    Ok(keygate_store::ChangeEvent::Changed) => keys.sync_keys().await,
-                    Ok(keygate_store::ChangeEvent::Resync) if first => {
-                        first = false;
-                        keys.sync_keys().await
-                    }
-                    Ok(keygate_store::ChangeEvent::Resync) => {
-                        tracing::info!("change listener reconnected; reloading every key");
-                        keys.reload_keys().await
-                    }
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(_) => backoff = std::time::Duration::from_millis(100),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "change listener: verification continues from memory");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                    }
-                }
-            }
-        });
+    if let Some(notifier) = keygate_store::ChangeNotifier::for_url(&config.database) {
+        tokio::spawn(follow_notifications(notifier, Arc::clone(&state.keys)));
     }
     let keys = Arc::clone(&state.keys);
     let meter = Arc::clone(state.gate.meter());
@@ -133,7 +117,7 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = keys.flush_usage(&meter).await {
+            if let Err(e) = bounded(keys.flush_usage(&meter)).await {
                 tracing::warn!(error = %e, "usage flush failed; kept in memory for the next one");
             }
         }
@@ -175,7 +159,7 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
             tick.tick().await;
             // The sweeps decide with the database's clock; a node whose own clock is off still
             // verifies token times with it, so it says so loudly (and /readyz fails).
-            match keys.clock_skew().await {
+            match bounded(keys.clock_skew()).await {
                 Ok(skew) if skew.abs() > crate::routes::health::MAX_CLOCK_SKEW => {
                     tracing::warn!(
                         skew_seconds = skew,
@@ -185,18 +169,67 @@ pub fn spawn_tasks(state: &AppState, config: &Config) {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot read the database's clock"),
             }
-            match keys.erase_stale_private_keys().await {
+            match bounded(keys.erase_stale_private_keys()).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(erased = n, "erased private keys past their download window");
                 }
                 Err(e) => tracing::warn!(error = %e, "download-window sweep failed"),
             }
-            if let Err(e) = users.sweep().await {
+            if let Err(e) = bounded(users.sweep()).await {
                 tracing::warn!(error = %e, "session sweep failed");
             }
         }
     });
+}
+
+/// Pushed changes (PostgreSQL): applied as they commit, so a revocation on another node takes
+/// effect here within milliseconds. The polling loop stays as the safety net.
+async fn follow_notifications(mut notifier: keygate_store::ChangeNotifier, keys: Arc<KeyService>) {
+    let mut backoff = std::time::Duration::from_millis(100);
+    // The ring was loaded just before; the first connection only needs what changed
+    // since (a second full load at start-up would double its cost).
+    let mut first = true;
+    // A reload that failed (the listener reconnected, but a pooled connection was still
+    // dead) is tried again before waiting for the next notification: otherwise a node
+    // with a long poll interval would stay behind until some other change arrived.
+    let mut reload_owed = false;
+    loop {
+        let result = if reload_owed {
+            keys.reload_keys().await
+        } else {
+            match notifier.next().await {
+                Ok(keygate_store::ChangeEvent::Changed) => keys.sync_keys().await,
+                // The listening connection answered its heartbeat: changes would have
+                // been announced, so this node is still following.
+                Ok(keygate_store::ChangeEvent::Alive) => {
+                    keys.note_feed_followed();
+                    Ok(0)
+                }
+                Ok(keygate_store::ChangeEvent::Resync) if first => {
+                    first = false;
+                    keys.sync_keys().await
+                }
+                Ok(keygate_store::ChangeEvent::Resync) => {
+                    tracing::info!("change listener reconnected; reloading every key");
+                    reload_owed = true;
+                    keys.reload_keys().await
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match result {
+            Ok(_) => {
+                reload_owed = false;
+                backoff = std::time::Duration::from_millis(100);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, reload_owed, "change listener: verification continues from memory");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// What a node tells its caller once its listeners are up.

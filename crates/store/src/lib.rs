@@ -57,6 +57,9 @@ pub enum ChangeEvent {
     /// The listening connection was (re)established, and changes may have been missed while it
     /// was down: reload everything.
     Resync,
+    /// Nothing changed, and the listening connection proved it is alive (it answered a ping
+    /// after [`LISTEN_HEARTBEAT`] of quiet): the node is still following the feed.
+    Alive,
 }
 
 /// Pushes change announcements to a node, for databases that have them (`PostgreSQL`
@@ -85,39 +88,36 @@ impl ChangeNotifier {
     /// [`LISTEN_HEARTBEAT`] of quiet the connection must answer a query within
     /// [`LISTEN_PING_TIMEOUT`], or it is dropped and the next call connects anew.
     pub async fn next(&mut self) -> Result<ChangeEvent> {
-        loop {
-            let Some(listener) = self.listener.as_mut() else {
-                let connected = tokio::time::timeout(
-                    LISTEN_CONNECT_TIMEOUT,
-                    postgres::listen_changes(&self.url),
-                )
-                .await
-                .map_err(|_| {
-                    Error::Unavailable("change listener: connecting timed out".into())
-                })??;
-                self.listener = Some(connected);
-                return Ok(ChangeEvent::Resync);
-            };
-            match tokio::time::timeout(LISTEN_HEARTBEAT, listener.try_recv()).await {
-                Ok(Ok(Some(_))) => return Ok(ChangeEvent::Changed),
-                // The connection dropped and was re-established: notifications in between are
-                // lost.
-                Ok(Ok(None)) => return Ok(ChangeEvent::Resync),
-                Ok(Err(e)) => {
+        let Some(listener) = self.listener.as_mut() else {
+            let connected =
+                tokio::time::timeout(LISTEN_CONNECT_TIMEOUT, postgres::listen_changes(&self.url))
+                    .await
+                    .map_err(|_| {
+                        Error::Unavailable("change listener: connecting timed out".into())
+                    })??;
+            self.listener = Some(connected);
+            return Ok(ChangeEvent::Resync);
+        };
+        match tokio::time::timeout(LISTEN_HEARTBEAT, listener.try_recv()).await {
+            Ok(Ok(Some(_))) => Ok(ChangeEvent::Changed),
+            // The connection dropped and was re-established: notifications in between are lost.
+            Ok(Ok(None)) => Ok(ChangeEvent::Resync),
+            Ok(Err(e)) => {
+                self.listener = None;
+                Err(Error::Unavailable(format!("change listener: {e}")))
+            }
+            Err(_quiet) => {
+                let ping = sqlx::query("SELECT 1").execute(&mut *listener);
+                if matches!(
+                    tokio::time::timeout(LISTEN_PING_TIMEOUT, ping).await,
+                    Ok(Ok(_))
+                ) {
+                    Ok(ChangeEvent::Alive)
+                } else {
                     self.listener = None;
-                    return Err(Error::Unavailable(format!("change listener: {e}")));
-                }
-                Err(_quiet) => {
-                    let ping = sqlx::query("SELECT 1").execute(&mut *listener);
-                    if !matches!(
-                        tokio::time::timeout(LISTEN_PING_TIMEOUT, ping).await,
-                        Ok(Ok(_))
-                    ) {
-                        self.listener = None;
-                        return Err(Error::Unavailable(
-                            "change listener: the connection stopped answering".into(),
-                        ));
-                    }
+                    Err(Error::Unavailable(
+                        "change listener: the connection stopped answering".into(),
+                    ))
                 }
             }
         }

@@ -25,7 +25,13 @@ pub const MAX_CLOCK_SKEW: i64 = 5;
 /// [`FEED_STALE_AFTER`]), and its clock agrees with the database's (within
 /// [`MAX_CLOCK_SKEW`] s). No authentication. Each failure says why.
 pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
-    state.keys.store().ping().await?;
+    // Bounded: a health check must answer, and a database that does not answer in 2 s is the
+    // answer.
+    tokio::time::timeout(std::time::Duration::from_secs(2), state.keys.store().ping())
+        .await
+        .map_err(|_| {
+            keygate_core::error::Error::Unavailable("the database did not answer within 2 s".into())
+        })??;
     let feed_age = state.keys.feed_read_age();
     let skew = state.keys.clock_skew().await?;
     let mut problems = Vec::new();
