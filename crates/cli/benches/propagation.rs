@@ -72,6 +72,8 @@ async fn main() {
         // The safety-net poll is slowed down, so what is measured is LISTEN/NOTIFY.
         ("KEYGATE_SYNC_INTERVAL", "10s"),
         ("KEYGATE_RELOAD_INTERVAL", reload.as_str()),
+        // The preloaded keys are active team keys: room for the rounds' keys beside them.
+        ("KEYGATE_MAX_ACTIVE_TEAM_KEYS", "100000000"),
     ];
     if preload > 0 {
         // The first start migrates the schema and creates the issuer.

@@ -539,6 +539,36 @@ async fn audit_verify_names_the_first_broken_link() {
     );
 }
 
+/// Opens a one-time link's page (an invitation, a password reset) as a browser would, then
+/// posts its form with `password` (form-encoded) typed twice.
+async fn set_password_through(
+    client: &reqwest::Client,
+    link: &str,
+    password: &str,
+) -> reqwest::Response {
+    let page = client.get(link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let form_cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("keygate_form="))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    client
+        .post(link)
+        .header("cookie", format!("keygate_form={form_cookie}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "csrf_token={form_cookie}&password={password}&password_confirm={password}"
+        ))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `keygate users invite|list|remove` as an admin key; the invited person accepts over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_cli_invites_lists_and_removes() {
@@ -587,27 +617,7 @@ async fn users_cli_invites_lists_and_removes() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let page = client.get(&accept).send().await.unwrap();
-    assert_eq!(page.status(), 200);
-    let form_cookie = page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix("keygate_form="))
-        .and_then(|v| v.split(';').next())
-        .unwrap()
-        .to_owned();
-    let done = client
-        .post(&accept)
-        .header("cookie", format!("keygate_form={form_cookie}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "csrf_token={form_cookie}&password=long+enough+secret&password_confirm=long+enough+secret"
-        ))
-        .send()
-        .await
-        .unwrap();
+    let done = set_password_through(&client, &accept, "long+enough+secret").await;
     assert_eq!(done.status(), 303);
     assert_eq!(done.headers()["location"], "/access/integrations");
 
@@ -637,27 +647,7 @@ async fn users_cli_invites_lists_and_removes() {
         .find(|w| w.starts_with(&server.url("/reset/")))
         .unwrap_or_else(|| panic!("{out}"))
         .to_owned();
-    let page = client.get(&reset).send().await.unwrap();
-    assert_eq!(page.status(), 200);
-    let form_cookie = page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix("keygate_form="))
-        .and_then(|v| v.split(';').next())
-        .unwrap()
-        .to_owned();
-    let done = client
-        .post(&reset)
-        .header("cookie", format!("keygate_form={form_cookie}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "csrf_token={form_cookie}&password=another+long+secret&password_confirm=another+long+secret"
-        ))
-        .send()
-        .await
-        .unwrap();
+    let done = set_password_through(&client, &reset, "another+long+secret").await;
     assert_eq!(done.status(), 303);
     assert_eq!(
         client.get(&reset).send().await.unwrap().status(),

@@ -58,6 +58,39 @@ pub(super) fn passwords_match(form: &mut super::Form) -> Result<Password, String
     }
 }
 
+/// The form of a page reached by a one-time link (an invitation, a password reset): the email
+/// it is for, shown, and a new password typed twice.
+fn new_password_form(token: &str, action: &str, email: &str, button: &str) -> Markup {
+    html! {
+        form.stack method="post" action=(action) {
+            input type="hidden" name=(CSRF_FIELD) value=(token);
+            label for="email" { "Email" }
+            input id="email" name="email" type="email" value=(email) readonly autocomplete="username";
+            (password_fields("new-password"))
+            button type="submit" { (button) }
+        }
+    }
+}
+
+/// What a pre-session form with a new password brought.
+enum Submitted {
+    Password(Password),
+    /// The two passwords differ: show the form again with this message.
+    Retry(String),
+    /// The form itself was refused (its token): answer with this.
+    Answer(Response),
+}
+
+async fn new_password_submitted(headers: &HeaderMap, state: &AppState, body: Body) -> Submitted {
+    match pre_session_form(headers, state, body).await {
+        Ok(mut form) => match passwords_match(&mut form) {
+            Ok(p) => Submitted::Password(p),
+            Err(m) => Submitted::Retry(m),
+        },
+        Err(r) => Submitted::Answer(r),
+    }
+}
+
 // ---- first-run setup ----
 
 fn setup_page(
@@ -307,13 +340,7 @@ async fn accept_page(
             h1 { "Accept Invitation" }
             p { "Hello " (invitation.first_name) ", you are invited to keygate as " strong { (roles.join(", ")) } ". Choose a password to finish." }
             (alert(message))
-            form.stack method="post" action=(action) {
-                input type="hidden" name=(CSRF_FIELD) value=(token);
-                label for="email" { "Email" }
-                input id="email" name="email" type="email" value=(invitation.email) readonly autocomplete="username";
-                (password_fields("new-password"))
-                button type="submit" { "Accept and Sign In" }
-            }
+            (new_password_form(token, &action, &invitation.email, "Accept and Sign In"))
         }
     })
 }
@@ -325,13 +352,9 @@ pub async fn accept_submit(
     Path(link): Path<String>,
     body: Body,
 ) -> Response {
-    let mut form = match pre_session_form(&headers, &state, body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let password = match passwords_match(&mut form) {
-        Ok(p) => p,
-        Err(m) => {
+    let password = match new_password_submitted(&headers, &state, body).await {
+        Submitted::Password(p) => p,
+        Submitted::Retry(m) => {
             return accept_page(
                 &headers,
                 &state,
@@ -341,6 +364,7 @@ pub async fn accept_submit(
             )
             .await;
         }
+        Submitted::Answer(r) => return r,
     };
     match state
         .users
@@ -389,13 +413,7 @@ async fn reset_page(
             h1 { "Reset Password" }
             p { "Hello " (user.first_name) ", choose a new password. Every session of yours is signed out when it is set." }
             (alert(message))
-            form.stack method="post" action=(action) {
-                input type="hidden" name=(CSRF_FIELD) value=(token);
-                label for="email" { "Email" }
-                input id="email" name="email" type="email" value=(user.email) readonly autocomplete="username";
-                (password_fields("new-password"))
-                button type="submit" { "Set Password and Sign In" }
-            }
+            (new_password_form(token, &action, &user.email, "Set Password and Sign In"))
         }
     })
 }
@@ -407,13 +425,9 @@ pub async fn reset_submit(
     Path(link): Path<String>,
     body: Body,
 ) -> Response {
-    let mut form = match pre_session_form(&headers, &state, body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let password = match passwords_match(&mut form) {
-        Ok(p) => p,
-        Err(m) => {
+    let password = match new_password_submitted(&headers, &state, body).await {
+        Submitted::Password(p) => p,
+        Submitted::Retry(m) => {
             return reset_page(
                 &headers,
                 &state,
@@ -423,6 +437,7 @@ pub async fn reset_submit(
             )
             .await;
         }
+        Submitted::Answer(r) => return r,
     };
     match state.users.reset_password(&link, password, ip(peer)).await {
         Ok(session) => start_session(&headers, &state, &session, "/access/integrations"),
