@@ -94,9 +94,18 @@ pub const OVERRIDE_HEADERS: [&str; 5] = [
     "x-rewrite-url",
 ];
 
-/// `Err` (400) when any of `names` is one of [`OVERRIDE_HEADERS`].
+/// `Err` (400) when any of `names` is one of [`OVERRIDE_HEADERS`], or holds a `_`: servers that
+/// read `_` as `-` (CGI, WSGI, PHP, Rack) would see `X_Real_IP` as `X-Real-IP` and
+/// `X_Forwarded_For` as `X-Forwarded-For`, which no gateway strips under that spelling (nginx
+/// drops such headers by default; Envoy's shipped config rejects them).
 pub fn refuse_overrides<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), Error> {
     for name in names {
+        if name.contains('_') {
+            return Err(Error::parameter(
+                name,
+                format!("{name}: header names with _ are not accepted (some servers read _ as -)."),
+            ));
+        }
         let canonical = name.to_ascii_lowercase().replace('_', "-");
         if OVERRIDE_HEADERS.contains(&canonical.as_str()) {
             return Err(Error::parameter(

@@ -49,6 +49,22 @@ impl Default for SessionLimits {
 struct HashingPool {
     permits: Arc<tokio::sync::Semaphore>,
     memory: Arc<std::sync::Mutex<Vec<HashingMemory>>>,
+    /// Requests waiting for a place. Beyond [`HASHING_QUEUE`] a new one is turned away at once
+    /// (429), so waiting sign-ins, which are requests in flight, cannot fill a listener's
+    /// connection cap.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The most requests waiting for a hashing place at once.
+const HASHING_QUEUE: usize = 32;
+
+/// Counts a request waiting for a hashing place while it lives.
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl HashingPool {
@@ -56,6 +72,7 @@ impl HashingPool {
         Self {
             permits: Arc::new(tokio::sync::Semaphore::new(at_once)),
             memory: Arc::new(std::sync::Mutex::new(Vec::with_capacity(at_once))),
+            waiting: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 
@@ -64,10 +81,20 @@ impl HashingPool {
         &self,
         work: impl FnOnce(&mut HashingMemory) -> T + Send + 'static,
     ) -> Result<T> {
+        let queued = self
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let waiting = Waiting(Arc::clone(&self.waiting));
+        if queued >= HASHING_QUEUE {
+            return Err(Error::RateLimited(
+                "Too many passwords are being checked at once; try again in a moment.".into(),
+            ));
+        }
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
             .map_err(|_| Error::Internal("password hashing closed".into()))?;
+        drop(waiting);
         let pool = Arc::clone(&self.memory);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;

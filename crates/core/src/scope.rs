@@ -77,7 +77,9 @@ impl<'a> RequestTarget<'a> {
         }
         if self.query.split('&').any(|pair| {
             let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-            percent_decode(name).is_some_and(|n| n.eq_ignore_ascii_case("_method"))
+            // As a form decoder reads it (`+` is a space), and as PHP reads it (leading spaces
+            // dropped): `?+_method=` is `_method` too.
+            form_decode(name).is_some_and(|n| n.trim().eq_ignore_ascii_case("_method"))
         }) {
             return Err(
                 "A _method query parameter is not accepted: the method checked must be the method the API runs.",
@@ -338,6 +340,9 @@ mod tests {
             "/v1/echo/%c0%ae%c0%ae/admin",
             "/v1/echo/a?_method=DELETE",
             "/v1/echo/a?x=1&_METHOD=DELETE",
+            "/v1/echo/a?+_method=DELETE",
+            "/v1/echo/a?%20_method=DELETE",
+            "/v1/echo/a?%5Fmethod=DELETE",
             "/v1/echo/%",
             "v1/echo",
             "",

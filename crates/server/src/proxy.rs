@@ -39,6 +39,20 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Headers with which a client could claim an address or an original request; the upstream
+/// gets keygate's own `X-Forwarded-For` and `X-Real-IP` instead.
+const CLIENT_CLAIMS: [&str; 9] = [
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-method",
+    "x-original-uri",
+    "x-forwarded-method",
+    "x-forwarded-uri",
+];
+
 /// The forwarding half of the proxy listener.
 #[derive(Debug)]
 pub struct Proxy {
@@ -129,6 +143,11 @@ async fn forward(
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove("x-api-key");
+    // A client's claims of its address or of the original request, which an upstream behind
+    // a CDN or a gateway might believe.
+    for claim in CLIENT_CLAIMS {
+        headers.remove(claim);
+    }
     strip_keygate_cookies(headers);
     dataplane::set_identity(headers, &admitted.identity);
     let trusted_peer = state
