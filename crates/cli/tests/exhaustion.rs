@@ -338,15 +338,8 @@ fn start_limited(
         ]);
         c
     };
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--database", &db_url])
-        .args(args)
-        .env("KEYGATE_LOG", "trace")
-        .env("KEYGATE_SYNC_INTERVAL", "100ms")
-        .env_remove("KEYGATE_MASTER_KEY")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let (server, printed) = launch(cmd, db_url);
+    serve_args(&mut cmd, &db_url, args, env);
+    let (server, printed) = Server::launch(cmd, db_url);
     let pid = server.child.id();
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "keygate", "the child is keygate itself");
@@ -362,59 +355,6 @@ fn start_limited(
     );
     println!("keygate (pid {pid}) runs with: {open_files}");
     (server, printed)
-}
-
-/// Runs a prepared `keygate serve` command and waits for it to listen, like
-/// [`Server::start_on`].
-fn launch(mut cmd: Command, db_url: String) -> (Server, Vec<String>) {
-    let mut child = cmd.spawn().expect("start keygate serve");
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut printed = Vec::new();
-    let mut proxy = None;
-    let base = loop {
-        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "keygate did not start; stdout: {printed:?}; log: {}",
-                log.lock().unwrap()
-            );
-        };
-        if let Some(addr) = line.strip_prefix("keygate listening on ") {
-            break addr.to_owned();
-        }
-        if let Some(rest) = line.strip_prefix("keygate proxy listening on ") {
-            proxy = rest.split(' ').next().map(str::to_owned);
-        }
-        printed.push(line);
-    };
-    (
-        Server {
-            child,
-            base,
-            proxy,
-            log,
-            db_url,
-        },
-        printed,
-    )
 }
 
 /// Whether `keygate serve` reads the environment variable of `setting`: given a value that is
@@ -1263,12 +1203,25 @@ async fn slowloris(label: &str, env: &[(&str, &str)], slow_bodies: bool) {
         flood.summary()
     );
     flood.stop().await;
-    // Once the attacker is gone keygate must serve again at once.
-    let after = probe_round(&target).await;
+    judge_flood(label, &target, pid, (started, warm), sampler, &during).await;
+}
+
+/// After a flood has stopped: keygate must serve again at once, every probe during and after
+/// it must have answered within [`PROBE_DEADLINE`], and peak RSS must have grown by less than
+/// [`SLOW_PEAK_GROWTH`] over the warm-up reading.
+async fn judge_flood(
+    label: &str,
+    target: &Target,
+    pid: u32,
+    (started, warm): (Mem, Mem),
+    sampler: Sampler,
+    during: &[Probe],
+) {
+    let after = probe_round(target).await;
     let peak = sampler.max();
     drop(sampler);
     let end = mem(pid);
-    let mut probes_failed = summarize_probes(&format!("{label}, during"), &during);
+    let mut probes_failed = summarize_probes(&format!("{label}, during"), during);
     probes_failed.extend(summarize_probes(&format!("{label}, after"), &after));
     report(
         label,
@@ -1424,31 +1377,7 @@ async fn slow_readers_cannot_starve_the_proxy() {
     for c in clients {
         c.abort();
     }
-    let after = probe_round(&target).await;
-    let peak = sampler.max();
-    drop(sampler);
-    let end = mem(pid);
-    let mut failed = summarize_probes(&format!("{label}, during"), &during);
-    failed.extend(summarize_probes(&format!("{label}, after"), &after));
-    report(
-        label,
-        started,
-        warm,
-        peak,
-        end,
-        &format!(
-            "growth < {:.0} MiB; every probe within {PROBE_DEADLINE:?}",
-            mib(SLOW_PEAK_GROWTH)
-        ),
-    );
-    assert_probes(&failed);
-    let growth = end.hwm.saturating_sub(warm.rss);
-    assert!(
-        growth < SLOW_PEAK_GROWTH,
-        "{label}: keygate's peak RSS grew by {:.1} MiB (bound {:.0} MiB)",
-        mib(growth),
-        mib(SLOW_PEAK_GROWTH)
-    );
+    judge_flood(label, &target, pid, (started, warm), sampler, &during).await;
 }
 
 // ---- 4. huge headers -----------------------------------------------------------------------

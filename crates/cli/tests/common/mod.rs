@@ -20,6 +20,20 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 
+/// Adds `serve` on a free port with `db_url`, `args` and `env` to `cmd`, as every test starts
+/// keygate: trace logging, a 100 ms feed poll, no master key from the caller's environment,
+/// stdout and stderr piped for [`Server::launch`].
+pub fn serve_args(cmd: &mut Command, db_url: &str, args: &[&str], env: &[(&str, &str)]) {
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--database", db_url])
+        .args(args)
+        .env("KEYGATE_LOG", "trace")
+        .env("KEYGATE_SYNC_INTERVAL", "100ms")
+        .env_remove("KEYGATE_MASTER_KEY")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+}
+
 /// A running `keygate serve`, killed on drop. Its stderr (the log) is collected.
 pub struct Server {
     pub child: Child,
@@ -49,18 +63,16 @@ impl Server {
     /// Starts `keygate serve` on any database URL; also returns what it printed before
     /// listening.
     pub fn start_on(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> (Self, Vec<String>) {
-        let db_url = db_url.to_owned();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--database", &db_url])
-            .args(args)
-            .env("KEYGATE_LOG", "trace")
-            .env("KEYGATE_SYNC_INTERVAL", "100ms")
-            .env_remove("KEYGATE_MASTER_KEY")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start keygate serve");
+        let mut cmd = Command::new(BIN);
+        serve_args(&mut cmd, db_url, args, env);
+        Self::launch(cmd, db_url.to_owned())
+    }
+
+    /// Runs a prepared `keygate serve` command (see [`serve_args`]; the program may be a
+    /// wrapper that execs keygate) and waits until it listens; also returns what it printed
+    /// before.
+    pub fn launch(mut cmd: Command, db_url: String) -> (Self, Vec<String>) {
+        let mut child = cmd.spawn().expect("start keygate serve");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&log);
@@ -82,14 +94,16 @@ impl Server {
         let mut printed = Vec::new();
         let mut proxy = None;
         let base = loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "keygate did not start; stdout: {printed:?}; log: {}",
-                        log.lock().unwrap()
-                    )
-                });
+            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            else {
+                // Never leave a half-started keygate behind.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "keygate did not start; stdout: {printed:?}; log: {}",
+                    log.lock().unwrap()
+                );
+            };
             if let Some(addr) = line.strip_prefix("keygate listening on ") {
                 break addr.to_owned();
             }

@@ -8,7 +8,7 @@ use axum::response::Response;
 use keygate_core::secret::Password;
 use maud::html;
 
-use super::{CSRF_FIELD, Web, alert, clear_cookie, error_text, html_response, layout, redirect};
+use super::{CSRF_FIELD, Web, alert, error_text, html_response, layout, redirect};
 use crate::AppState;
 
 #[derive(Debug, serde::Deserialize)]
@@ -97,8 +97,5 @@ pub async fn sign_out_everywhere(State(state): State<AppState>, web: Web, body: 
     {
         return super::error_page(Some(&web), e);
     }
-    let mut resp = redirect("/signin?signed_out=1");
-    clear_cookie(&mut resp, state.cookies.session);
-    clear_cookie(&mut resp, state.cookies.form);
-    resp
+    super::signed_out(&state)
 }

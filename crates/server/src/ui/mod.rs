@@ -502,6 +502,14 @@ fn clear_cookie(resp: &mut Response, name: &str) {
     }
 }
 
+/// The answer after a sign-out (here or everywhere): to sign-in, with keygate's cookies cleared.
+fn signed_out(state: &AppState) -> Response {
+    let mut resp = redirect("/signin?signed_out=1");
+    clear_cookie(&mut resp, state.cookies.session);
+    clear_cookie(&mut resp, state.cookies.form);
+    resp
+}
+
 /// Signs the browser in: the session cookie, and the pre-session cookie cleared.
 fn start_session(
     headers: &HeaderMap,

@@ -10,8 +10,8 @@ use keygate_core::user::Person;
 use maud::{Markup, html};
 
 use super::{
-    CSRF_FIELD, Web, alert, clear_cookie, error_text, html_response, layout, message_page,
-    pre_session_form, pre_session_token, redirect, role_label, start_session,
+    CSRF_FIELD, Web, alert, error_text, html_response, layout, message_page, pre_session_form,
+    pre_session_token, role_label, start_session,
 };
 use crate::AppState;
 use crate::auth::{PeerIp, cookie};
@@ -295,10 +295,7 @@ pub async fn sign_out(
     {
         return super::error_page(Some(&web), e);
     }
-    let mut resp = redirect("/signin?signed_out=1");
-    clear_cookie(&mut resp, state.cookies.session);
-    clear_cookie(&mut resp, state.cookies.form);
-    resp
+    super::signed_out(&state)
 }
 
 // ---- invitations ----
