@@ -55,21 +55,18 @@ impl<'a> RequestTarget<'a> {
         if self.path.contains('#') || self.query.contains('#') {
             return Err("The request target holds a #; a fragment is never sent to a server.");
         }
-        let Some(path) = RequestPath::parse(self.path) else {
-            return Err(
-                "The request path has a dot segment, an encoded / or \\, a ;, a control character or a malformed escape.",
-            );
-        };
-        let segs = path.segments();
-        let interior = segs.len().saturating_sub(1);
-        for (i, seg) in segs.iter().enumerate() {
-            if seg.is_empty() && i < interior {
+        // On every request: decoded in place, allocating only for segments with escapes.
+        let ambiguous = "The request path has a dot segment, an encoded / or \\, a ;, a control character or a malformed escape.";
+        let mut segs = decoded_segments(self.path).ok_or(ambiguous)?.peekable();
+        while let Some(seg) = segs.next() {
+            let seg = seg.ok_or(ambiguous)?;
+            if seg.is_empty() && segs.peek().is_some() {
                 return Err("The request path has an empty segment (//).");
             }
             if seg.contains('%') {
                 return Err("The request path is encoded twice (an escaped %).");
             }
-            if reads_differently_normalized(seg) {
+            if reads_differently_normalized(&seg) {
                 return Err(
                     "The request path has a character that some servers read as . / \\ ; % ? or # (Unicode compatibility forms).",
                 );
@@ -78,8 +75,10 @@ impl<'a> RequestTarget<'a> {
         if self.query.split('&').any(|pair| {
             let name = pair.split_once('=').map_or(pair, |(n, _)| n);
             // As a form decoder reads it (`+` is a space), and as PHP reads it (leading spaces
-            // dropped): `?+_method=` is `_method` too.
-            form_decode(name).is_some_and(|n| n.trim().eq_ignore_ascii_case("_method"))
+            // dropped): `?+_method=` is `_method` too. Only names with a `_` or an escape can
+            // be it, so others are not decoded.
+            name.contains(['_', '%'])
+                && form_decode(name).is_some_and(|n| n.trim().eq_ignore_ascii_case("_method"))
         }) {
             return Err(
                 "A _method query parameter is not accepted: the method checked must be the method the API runs.",
@@ -127,18 +126,23 @@ fn reads_differently_normalized(seg: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestPath(Vec<String>);
 
+/// Each segment of a path (after its leading `/`) decoded once; an item is `None` where a
+/// segment must match nothing (the rules of [`RequestPath`]), and the whole is `None` for a
+/// path that does not start with `/`.
+fn decoded_segments(path: &str) -> Option<impl Iterator<Item = Option<Cow<'_, str>>>> {
+    let rest = path.strip_prefix('/')?;
+    Some(rest.split('/').map(|raw| {
+        percent_decode(raw)
+            .filter(|seg| !(seg == "." || seg == ".." || seg.contains(['/', '\\', ';', '#'])))
+    }))
+}
+
 impl RequestPath {
     pub fn parse(path: &str) -> Option<Self> {
-        let rest = path.strip_prefix('/')?;
-        let mut segs = Vec::new();
-        for raw in rest.split('/') {
-            let seg = percent_decode(raw)?;
-            if seg == "." || seg == ".." || seg.contains(['/', '\\', ';', '#']) {
-                return None;
-            }
-            segs.push(seg.into_owned());
-        }
-        Some(Self(segs))
+        decoded_segments(path)?
+            .map(|seg| seg.map(Cow::into_owned))
+            .collect::<Option<Vec<_>>>()
+            .map(Self)
     }
 
     pub fn segments(&self) -> &[String] {
